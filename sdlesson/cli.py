@@ -1,0 +1,106 @@
+"""`python -m sdlesson ...`: train the course's checkpoints, and evaluate them.
+
+    python -m sdlesson train silhouette_classifier
+    python -m sdlesson train silhouette_unet --steps 4000 --precision bf16
+    python -m sdlesson evaluate silhouette_unet
+
+`train` keeps its full state (weights, EMA, optimizer, loss history) in runs/NAME.train.safetensors and resumes
+from it when run again; when done it writes the EMA weights alone to data/NAME.safetensors with what the model
+card needs (command, steps, wall time, hardware) in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from . import pretrained as pre
+from .classifier import Classifier, classification_loss
+from .data import load_silhouettes
+from .schedule import NoiseSchedule
+from .train import DiffusionLoss, Trainer, pick_device
+from .unet import UNet, count_parameters
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def recipe(name: str):
+    """(model, loss_fn, data, train config) for a shipped checkpoint."""
+    if name == "silhouette_unet":
+        images, _ = load_silhouettes("train")
+        return UNet(pre.SILHOUETTE_UNET), DiffusionLoss(NoiseSchedule(pre.SILHOUETTE_SCHEDULE)), images, pre.SILHOUETTE_TRAIN
+    if name == "silhouette_classifier":
+        return (Classifier(pre.SILHOUETTE_CLASSIFIER), classification_loss, load_silhouettes("train"),
+                pre.SILHOUETTE_CLASSIFIER_TRAIN)
+    raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(pre.CHECKPOINTS)}")
+
+
+def train(args) -> None:
+    model, loss_fn, data, config = recipe(args.name)
+    overrides = {k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    runs = Path(args.runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(model, loss_fn, data, config, device=args.device, checkpoint_path=runs / f"{args.name}.train.safetensors")
+    print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
+          + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    trainer.fit()
+    out = Path(args.out) if args.out else pre.DATA_DIR / pre.CHECKPOINTS[args.name]
+    command = "python -m sdlesson " + " ".join(sys.argv[1:])
+    ckpt.save_model(out, trainer.ema_model, command=command, steps=trainer.step, seconds=round(trainer.seconds, 1),
+                    hardware=hardware(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
+                    final_loss=sum(trainer.history[-100:]) / len(trainer.history[-100:]))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
+
+
+def evaluate(args) -> None:
+    from .evaluate import evaluate_silhouette_unet, evaluate_silhouette_classifier
+
+    device = pick_device(args.device)
+    if args.name == "silhouette_unet":
+        report = evaluate_silhouette_unet(device=device, num_samples=args.num_samples, num_steps=args.num_steps)
+    elif args.name == "silhouette_classifier":
+        report = evaluate_silhouette_classifier(device=device)
+    else:
+        raise SystemExit(f"no evaluation for {args.name!r}")
+    for key, value in report.items():
+        print(f"{key:>28}: {value}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdlesson", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a shipped checkpoint (resumes where a previous run stopped)")
+    p.add_argument("name", choices=sorted(pre.CHECKPOINTS))
+    p.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's (auto)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")
+    p.add_argument("--out", help="where to write the weights (default: data/NAME.safetensors)")
+    p.set_defaults(func=train)
+
+    p = sub.add_parser("evaluate", help="measure a shipped checkpoint's quality")
+    p.add_argument("name", choices=sorted(pre.CHECKPOINTS))
+    p.add_argument("--device")
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--num-steps", type=int, default=100)
+    p.set_defaults(func=evaluate)
+
+    args = parser.parse_args(argv)
+    args.func(args)

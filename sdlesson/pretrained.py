@@ -1,0 +1,44 @@
+"""The course's own trained models: their recipes (configs) and where their checkpoints live.
+
+Each recipe is used both by the command that trains the shipped checkpoint (`python -m sdlesson train ...`) and by
+the notebooks, so a notebook that trains briefly builds exactly the model it then loads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import load_model
+from .classifier import ClassifierConfig
+from .train import TrainConfig
+from .unet import UNetConfig
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+# Silhouettes (lesson 02): 1×28×28, the UNet's three levels at 28, 14 and 7 pixels, attention only at 7×7.
+SILHOUETTE_SCHEDULE = "linear"
+SILHOUETTE_UNET = UNetConfig(in_channels=1, sample_size=28, block_channels=(32, 64, 64),
+                             attention_levels=(False, False, True), attention_head_dim=32, norm_groups=32)
+SILHOUETTE_TRAIN = TrainConfig(steps=4000, batch_size=64, lr=5e-4, warmup_steps=200, ema_decay=0.999)
+SILHOUETTE_CLASSIFIER = ClassifierConfig(in_channels=1, num_classes=10, channels=(16, 32, 64), feature_dim=64)
+SILHOUETTE_CLASSIFIER_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.99)
+
+CHECKPOINTS = {
+    "silhouette_unet": "silhouette_unet.safetensors",
+    "silhouette_classifier": "silhouette_classifier.safetensors",
+}
+
+
+def checkpoint_path(name: str) -> Path:
+    if name not in CHECKPOINTS:
+        raise ValueError(f"unknown checkpoint {name!r}: expected one of {', '.join(CHECKPOINTS)}")
+    path = DATA_DIR / CHECKPOINTS[name]
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: it ships with the course (see data/MODEL_CARD.md for the "
+                                "command that trains it)")
+    return path
+
+
+def load_pretrained(name: str, *, device="cpu"):
+    """A shipped model, in eval mode: 'silhouette_unet', 'silhouette_classifier'."""
+    return load_model(checkpoint_path(name), device=device)

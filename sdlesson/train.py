@@ -1,0 +1,220 @@
+"""The one training loop every lesson uses, and the diffusion loss it is most often given.
+
+    trainer = Trainer(model, DiffusionLoss(schedule), images, TrainConfig(steps=2000), checkpoint_path="unet.safetensors")
+    trainer.fit()          # resumes from checkpoint_path if it exists, saves there every checkpoint_every steps
+    sample_with(trainer.ema_model)
+
+Exact resume: every random draw of step k (the batch, the timesteps, the noise) comes from a generator seeded
+by (seed, k), and the checkpoint holds the weights, the EMA, the optimizer state and the loss history, so a run
+stopped and resumed ends where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .schedule import NoiseSchedule
+
+
+def pick_device(device=None) -> torch.device:
+    """The given device, else the best available: cuda, then mps, then cpu."""
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100  # linear learning-rate warm-up, then constant
+    ema_decay: float = 0.999  # EMA of the weights, the ones we sample with
+    grad_clip: float = 1.0  # max global gradient norm
+    precision: str = "auto"  # auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 elsewhere; or fp32 | bf16 | fp16
+    seed: int = 0
+    checkpoint_every: int = 500  # steps between checkpoints (and one at the end), when a path is given
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator for one training step: its draws depend only on (seed, step)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class DiffusionLoss:
+    """ε-prediction loss: pick t, noise x_0 to x_t in closed form, ask the model for ε, compare by mean squared error.
+
+    batch = (x0,) or (x0, cond) where cond is class labels (B,) or a (context, context_mask) pair.
+    p_uncond drops the condition for that fraction of examples, for classifier-free guidance.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, *, p_uncond: float = 0.0):
+        self.schedule = schedule
+        self.p_uncond = p_uncond
+
+    def __call__(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+        x0 = batch[0]
+        B = x0.shape[0]
+        t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        x_t = self.schedule.add_noise(x0, noise, t)  # x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε
+        drop = (torch.rand(B, generator=generator) < self.p_uncond).to(x0.device)
+        pred = model(x_t, t, **condition_kwargs(model, batch[1:], drop))
+        return F.mse_loss(pred.float(), noise)  # || ε - ε_θ(x_t, t) ||²
+
+
+def condition_kwargs(model, cond: tuple, drop: torch.Tensor) -> dict:
+    """Model keyword arguments for the condition in a batch, with dropped examples made unconditional."""
+    if not cond:
+        return {}
+    if len(cond) == 1:  # class labels; the extra index num_classes means "no class"
+        labels = torch.where(drop, model.config.num_classes, cond[0])
+        return {"class_labels": labels}
+    context, mask = cond  # text: dropped captions become empty ones (all tokens masked out but the first)
+    mask = mask.clone()
+    mask[drop, 1:] = False
+    return {"context": context, "context_mask": mask}
+
+
+def autocast_dtype(precision: str, device: torch.device):
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Trainer:
+    """AdamW, EMA, gradient clipping, mixed precision, a progress bar, the loss history, atomic checkpoints."""
+
+    def __init__(self, model, loss_fn, data, config: TrainConfig | None = None, *, device=None,
+                 checkpoint_path=None, progress: bool = True):
+        self.config = config or TrainConfig()
+        self.device = pick_device(device)
+        self.model = model.to(self.device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.loss_fn = loss_fn
+        data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+        if not data or any(len(d) != len(data[0]) for d in data):
+            raise ValueError("data must be a tensor, or a tuple of tensors with the same first dimension")
+        self.data = tuple(d.to(self.device) for d in data)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        self.amp_dtype = autocast_dtype(self.config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.progress = progress
+        self.step = 0
+        self.history: list[float] = []  # the loss at every step
+        self.seconds = 0.0  # training wall time, summed over resumed runs
+        if self.checkpoint_path and self.checkpoint_path.exists():
+            self.load(self.checkpoint_path)
+
+    def batch(self, generator: torch.Generator) -> tuple:
+        idx = torch.randint(0, len(self.data[0]), (self.config.batch_size,), generator=generator).to(self.device)
+        return tuple(d[idx] for d in self.data)
+
+    def train_step(self) -> float:
+        cfg, model = self.config, self.model
+        g = step_generator(cfg.seed, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup_steps))
+        model.train()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = self.loss_fn(model, self.batch(g), g)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.update_ema()
+        self.step += 1
+        return loss.item()
+
+    @torch.no_grad()
+    def update_ema(self):
+        # θ_ema ← d·θ_ema + (1 - d)·θ, with d warming up from 0.1 so early weights are not averaged in for long.
+        d = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        ema = list(self.ema_model.parameters()) + list(self.ema_model.buffers())
+        cur = list(self.model.parameters()) + list(self.model.buffers())
+        torch._foreach_lerp_([e for e in ema if e.is_floating_point()],
+                             [c for c in cur if c.is_floating_point()], 1 - d)
+
+    def fit(self, steps: int | None = None) -> list[float]:
+        """Train until `steps` (default: config.steps) steps are done in all; returns the loss history."""
+        steps = self.config.steps if steps is None else steps
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", leave=False)
+        start = time.perf_counter()
+        while self.step < steps:
+            self.history.append(self.train_step())
+            bar.update(1)
+            if self.step % 25 == 0 or self.step == steps:
+                bar.set_postfix(loss=f"{sum(self.history[-25:]) / len(self.history[-25:]):.4f}")
+            if self.checkpoint_path and (self.step % self.config.checkpoint_every == 0 or self.step == steps):
+                self.seconds += time.perf_counter() - start
+                start = time.perf_counter()
+                self.save(self.checkpoint_path)
+        self.seconds += time.perf_counter() - start
+        bar.close()
+        return self.history
+
+    # --- checkpoints: weights, EMA and optimizer in tensors; step, history and configs in metadata ---------------
+
+    def save(self, path, **meta) -> Path:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema_model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for i, state in opt["state"].items():
+            tensors |= {f"optim.{i}.{k}": torch.as_tensor(v) for k, v in state.items()}
+        tensors["history.loss"] = torch.tensor(self.history, dtype=torch.float64)
+        return ckpt.save_checkpoint(
+            path, tensors, kind=ckpt.kind_of(self.model), config=self.model.config.to_dict(),
+            train_config=asdict(self.config), step=self.step, seconds=self.seconds,
+            param_groups=opt["param_groups"], grad_scale=self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            device=str(self.device), **meta,
+        )
+
+    def load(self, path):
+        """Resume from a training checkpoint written by `save`."""
+        meta = ckpt.read_metadata(path)
+        free = {"steps": 0, "checkpoint_every": 0}  # settings a resumed run may change
+        saved = meta.get("train_config")
+        if saved is None:
+            raise ValueError(f"{path} holds weights only, not a training state to resume from")
+        if json.loads(json.dumps(asdict(self.config))) | free != saved | free:
+            raise ValueError(f"{path} was trained with a different TrainConfig {saved}; "
+                             "resume with the same settings (only steps and checkpoint_every may change)")
+        ckpt.load_weights(self.model, path, weights="model")
+        ckpt.load_weights(self.ema_model, path, weights="ema")
+        tensors = ckpt.load_tensors(path)
+        state: dict[int, dict] = {}
+        for key, v in ckpt.split_prefix(tensors, "optim").items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
+        self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if meta.get("grad_scale") and self.scaler.is_enabled():
+            self.scaler.update(meta["grad_scale"])
+        self.step, self.seconds = meta["step"], meta.get("seconds", 0.0)
+        self.history = tensors["history.loss"].tolist()

@@ -1,0 +1,269 @@
+"""The noise predictor: a UNet that takes a noisy image x_t and its timestep t and predicts the noise ε.
+
+The layout is DDPM's (and diffusers' UNet2DModel's), in one file you can read top to bottom:
+
+    x_t ─ conv_in ─ [ResBlock ×n (+Attention)] ─ Downsample ─ … ─ Mid(Res, Attn, Res) ─ … ─ Upsample ─ [ResBlock ×(n+1)] ─ conv_out ─ ε̂
+                         │ skip connections, concatenated on the way up ────────────────────────↑
+    t ─ sinusoidal embedding ─ MLP ─ added inside every ResBlock   (+ a class embedding, when conditioned)
+    text tokens ─ cross-attention inside every Attention block     (when context_dim is set)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class UNetConfig:
+    in_channels: int = 3  # 1 for silhouettes, 3 for RGB, 4 for VAE latents
+    out_channels: int | None = None  # defaults to in_channels: ε has the shape of x
+    sample_size: int = 32  # height = width of the input, 8 … 64
+    block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels
+    layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up)
+    attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels
+    attention_head_dim: int = 32
+    norm_groups: int = 32
+    dropout: float = 0.0
+    num_classes: int | None = None  # class conditioning: an embedding added to the time embedding
+    context_dim: int | None = None  # text conditioning: cross-attention to (B, L, context_dim) tokens
+
+    def __post_init__(self):
+        self.block_channels = tuple(self.block_channels)
+        self.attention_levels = tuple(bool(a) for a in self.attention_levels)
+        if self.out_channels is None:
+            self.out_channels = self.in_channels
+        if len(self.attention_levels) != len(self.block_channels):
+            raise ValueError(
+                f"attention_levels needs one entry per level ({len(self.block_channels)}), "
+                f"got {len(self.attention_levels)}"
+            )
+        if any(c % self.norm_groups for c in self.block_channels):
+            raise ValueError(f"every block_channels entry must be divisible by norm_groups={self.norm_groups}")
+        factor = 2 ** (len(self.block_channels) - 1)
+        if self.sample_size % factor:
+            raise ValueError(f"sample_size {self.sample_size} must be divisible by 2**(levels-1) = {factor}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t (Transformer positions, as in DDPM): (B,) -> (B, dim).
+
+    emb[i] = cos(t · ω_i), emb[dim/2 + i] = sin(t · ω_i), with ω_i = max_period^(-i / (dim/2)).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm → SiLU → conv, plus the time embedding, twice; a residual connection around it."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, out, H, W)
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # each channel shifted by the timestep
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head attention; keys and values come from `context` when given (cross-attention)."""
+
+    def __init__(self, dim: int, *, head_dim: int, context_dim: int | None = None):
+        super().__init__()
+        self.heads = max(1, dim // head_dim)
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(context_dim or dim, dim)
+        self.to_v = nn.Linear(context_dim or dim, dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask=None) -> torch.Tensor:
+        context = x if context is None else context
+        B, N, C = x.shape
+        q = self.to_q(x).view(B, N, self.heads, -1).transpose(1, 2)  # (B, heads, N, d)
+        k = self.to_k(context).view(B, context.shape[1], self.heads, -1).transpose(1, 2)  # (B, heads, L, d)
+        v = self.to_v(context).view(B, context.shape[1], self.heads, -1).transpose(1, 2)
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L), True = attend
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q kᵀ / sqrt(d)) v
+        return self.to_out(out.transpose(1, 2).reshape(B, N, C))
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over the H·W positions, then cross-attention to the text tokens if configured."""
+
+    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.self_attn = Attention(channels, head_dim=head_dim)
+        self.cross_attn = None
+        if context_dim is not None:
+            self.cross_norm = nn.LayerNorm(channels)
+            self.cross_attn = Attention(channels, head_dim=head_dim, context_dim=context_dim)
+
+    def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, H·W, C): one token per position
+        h = x.flatten(2).transpose(1, 2) + self.self_attn(h)
+        if self.cross_attn is not None and context is not None:
+            h = h + self.cross_attn(self.cross_norm(h), context, context_mask)
+        return h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)  # (H, W) -> (H/2, W/2)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (H, W) -> (2H, 2W)
+
+
+class Level(nn.Module):
+    """The ResBlocks (and attention) at one resolution, with the resampling that follows them."""
+
+    def __init__(self, res_blocks, attn_blocks, resample):
+        super().__init__()
+        self.res = nn.ModuleList(res_blocks)
+        self.attn = nn.ModuleList(attn_blocks)  # empty, or one per ResBlock
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        ch = cfg.block_channels
+        emb_dim = 4 * ch[0]
+        kw = dict(groups=cfg.norm_groups, dropout=cfg.dropout)
+        attn = lambda c: AttentionBlock(  # noqa: E731
+            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, context_dim=cfg.context_dim
+        )
+
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Class conditioning: one extra row, index num_classes, is the "no class" used for guidance.
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
+
+        # Down: each level keeps its outputs for the skip connections.
+        self.down = nn.ModuleList()
+        skip_channels, c_in = [ch[0]], ch[0]
+        for i, c in enumerate(ch):
+            last = i == len(ch) - 1
+            res, att = [], []
+            for _ in range(cfg.layers_per_block):
+                res.append(ResBlock(c_in, c, emb_dim, **kw))
+                att += [attn(c)] if cfg.attention_levels[i] else []
+                c_in = c
+                skip_channels.append(c)
+            self.down.append(Level(res, att, None if last else Downsample(c)))
+            if not last:
+                skip_channels.append(c)
+
+        self.mid_res1 = ResBlock(c_in, c_in, emb_dim, **kw)
+        self.mid_attn = attn(c_in)
+        self.mid_res2 = ResBlock(c_in, c_in, emb_dim, **kw)
+
+        # Up: the mirror image, each ResBlock taking a skip connection concatenated on its channels.
+        self.up = nn.ModuleList()
+        for i, c in reversed(list(enumerate(ch))):
+            res, att = [], []
+            for _ in range(cfg.layers_per_block + 1):
+                res.append(ResBlock(c_in + skip_channels.pop(), c, emb_dim, **kw))
+                att += [attn(c)] if cfg.attention_levels[i] else []
+                c_in = c
+            self.up.append(Level(res, att, Upsample(c) if i > 0 else None))
+
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, c_in)
+        self.conv_out = nn.Conv2d(c_in, cfg.out_channels, 3, padding=1)
+
+    def _check_inputs(self, x, t, class_labels, context):
+        cfg = self.config
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
+        if x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
+            )
+        factor = 2 ** (len(cfg.block_channels) - 1)
+        if x.shape[2] % factor or x.shape[3] % factor:
+            raise ValueError(f"height and width must be multiples of {factor}, got {tuple(x.shape[2:])}")
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"expected one timestep per image, shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if class_labels is not None and self.class_emb is None:
+            raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
+        if context is not None and cfg.context_dim is None:
+            raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
+        if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
+            raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        return t
+
+    def forward(self, x, t, *, class_labels=None, context=None, context_mask=None):
+        """x: (B, C, H, W) noisy input; t: (B,) timesteps -> predicted noise (B, C_out, H, W).
+
+        class_labels: (B,) ints, num_classes meaning "no class"; context: (B, L, context_dim) token embeddings,
+        context_mask: (B, L) bool, True where a token is real.
+        """
+        t = self._check_inputs(x, t, class_labels, context)
+        emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
+        if self.class_emb is not None:
+            if class_labels is None:  # unconditional: the "no class" row
+                class_labels = torch.full_like(t, self.config.num_classes)
+            emb = emb + self.class_emb(class_labels)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down:
+            for j, res in enumerate(level.res):
+                h = res(h, emb)
+                if level.attn:
+                    h = level.attn[j](h, context, context_mask)
+                skips.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
+                skips.append(h)
+
+        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), context, context_mask), emb)
+
+        for level in self.up:
+            for j, res in enumerate(level.res):
+                h = res(torch.cat([h, skips.pop()], dim=1), emb)
+                if level.attn:
+                    h = level.attn[j](h, context, context_mask)
+            if level.resample is not None:
+                h = level.resample(h)
+
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,131 @@
+"""Pictures and widgets: image grids, strips of the denoising process, and small interactive apps.
+
+Every widget here is built by `interactive_image(render, **controls)`: the controls' values go to `render`, whose
+image is shown. The callback is plain Python, so tests drive a widget headlessly by setting a control's value.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import to_uint8
+
+
+def as_uint8_batch(images) -> np.ndarray:
+    """A batch as uint8 (B, H, W, C) from a [-1, 1] float tensor (B, C, H, W), a uint8 tensor (B, C, H, W),
+    or a uint8 array (B, H, W, C) or (B, H, W)."""
+    if isinstance(images, torch.Tensor):
+        images = images[None] if images.dim() == 3 else images
+        return to_uint8(images) if images.is_floating_point() else images.movedim(1, -1).cpu().numpy()
+    arr = np.asarray(images)
+    return arr[..., None] if arr.ndim == 3 else arr
+
+
+def image_grid(images, *, nrow: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:
+    """Tile a batch (see as_uint8_batch) into one uint8 image (H, W) for grayscale or (H, W, 3)."""
+    arr = as_uint8_batch(images)
+    B, H, W, C = arr.shape
+    ncol = min(nrow, B)
+    rows = -(-B // ncol)
+    grid = np.full((rows * (H + pad) + pad, ncol * (W + pad) + pad, C), pad_value, np.uint8)
+    for i in range(B):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = arr[i]
+    return grid[..., 0] if C == 1 else grid
+
+
+def show_images(images, *, nrow: int = 8, title: str | None = None, scale: float = 1.0, ax=None):
+    """Show a batch as a grid with matplotlib; returns the axes."""
+    grid = image_grid(images, nrow=nrow)
+    if ax is None:
+        h, w = grid.shape[:2]
+        _, ax = plt.subplots(figsize=(scale * w / 40, scale * h / 40))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def show_strip(images, labels, *, title: str | None = None, scale: float = 1.6):
+    """One row of images with a label under each, e.g. x_t at several t."""
+    arr = as_uint8_batch(images)
+    fig, axes = plt.subplots(1, len(arr), figsize=(scale * len(arr), scale * 1.25))
+    for ax, img, label in zip(np.atleast_1d(axes), arr, labels):
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def to_png(image, *, scale: int = 4) -> bytes:
+    """PNG bytes of one image or a grid, enlarged `scale` times with nearest-neighbour so pixels stay crisp."""
+    arr = image if isinstance(image, np.ndarray) and image.ndim in (2, 3) else image_grid(image)
+    pil = Image.fromarray(arr)
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class InteractiveImage:
+    """Controls + an image: whenever a control changes, `render(**values)` runs and its image is shown.
+
+    render returns an image (uint8 array or [-1, 1] tensor) or (image, caption). `.widget` is the ipywidgets box;
+    `.image` and `.caption` hold what is shown now, so tests can check them without a browser.
+    """
+
+    def __init__(self, render, *, scale: int = 4, **controls):
+        import ipywidgets as widgets
+
+        self.render_fn, self.scale, self.controls = render, scale, controls
+        self.view = widgets.Image(format="png")
+        self.label = widgets.HTML()
+        for control in controls.values():
+            control.observe(lambda change: self.update(), names="value")
+        self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.view, self.label])
+        self.update()
+
+    def values(self) -> dict:
+        return {name: control.value for name, control in self.controls.items()}
+
+    def update(self) -> None:
+        out = self.render_fn(**self.values())
+        self.image, self.caption = out if isinstance(out, tuple) else (out, "")
+        self.view.value = to_png(self.image, scale=self.scale)
+        self.label.value = f"<span style='font-family:monospace'>{self.caption}</span>"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def forward_diffusion_explorer(image: torch.Tensor, schedules: dict, *, seed: int = 0) -> InteractiveImage:
+    """A slider over t and a choice of schedule, showing x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε for one fixed ε."""
+    import ipywidgets as widgets
+
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
+    T = next(iter(schedules.values())).num_timesteps
+
+    def render(t, schedule):
+        s = schedules[schedule]
+        x_t = s.add_noise(image, noise, torch.tensor([t]))
+        a_bar = s.alphas_cumprod[t].item()
+        return image_grid(x_t), f"t = {t}   ᾱ_t = {a_bar:.4f}   SNR = {a_bar / (1 - a_bar):.3g}"
+
+    return InteractiveImage(
+        render,
+        t=widgets.IntSlider(value=T // 4, min=0, max=T - 1, step=1, description="t", continuous_update=False),
+        schedule=widgets.Dropdown(options=list(schedules), description="schedule"),
+    )

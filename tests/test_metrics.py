@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from sdlesson.metrics import class_histogram, frechet_distance, psnr
+
+
+def test_frechet_distance_matches_scipy_sqrtm():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 6, generator=g, dtype=torch.float64) @ torch.randn(6, 6, generator=g, dtype=torch.float64)
+    b = torch.randn(400, 6, generator=g, dtype=torch.float64) * 2 + 0.5
+    mu_a, mu_b = a.mean(0).numpy(), b.mean(0).numpy()
+    s_a, s_b = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * scipy.linalg.sqrtm(s_a @ s_b).real)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_shift_adds_its_square():
+    x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
+    assert frechet_distance(x, x) == pytest.approx(0, abs=1e-6)
+    assert frechet_distance(x, x + torch.tensor([3.0, 0, 0, 0])) == pytest.approx(9.0, rel=1e-5)
+    with pytest.raises(ValueError, match="same D"):
+        frechet_distance(x, x[:, :3])
+
+
+def test_psnr_definition():
+    x = torch.zeros(2, 3, 4, 4)
+    y = x + 0.1  # MSE = 0.01, range 2: 10 log10(4 / 0.01) = 26.02 dB
+    torch.testing.assert_close(psnr(x, y), torch.full((2,), 10 * np.log10(400.0), dtype=torch.float32))
+
+
+def test_class_histogram():
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    assert class_histogram(probs).tolist() == [2, 1, 0]

@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from sdlesson.checkpoint import load_model, read_metadata
+from sdlesson.classifier import Classifier, ClassifierConfig, classification_loss
+from sdlesson.schedule import NoiseSchedule
+from sdlesson.train import DiffusionLoss, TrainConfig, Trainer, pick_device
+from sdlesson.unet import UNet
+
+from conftest import tiny_unet_config
+
+
+def small_trainer(path=None, steps=6, seed=0):
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, checkpoint_every=3)
+    return Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)), images,
+                   config, device="cpu", checkpoint_path=path, progress=False)
+
+
+def test_overfits_one_batch():
+    """The whole loop (loss, AdamW, clipping, EMA) can drive the loss of one fixed batch far down."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    y = torch.tensor([0, 1, 2, 3])
+    model = Classifier(ClassifierConfig(in_channels=1, num_classes=4, channels=(8, 16), feature_dim=16, norm_groups=4))
+    trainer = Trainer(model, classification_loss, (x, y), TrainConfig(steps=100, batch_size=4, lr=1e-2, warmup_steps=1),
+                      device="cpu", progress=False)
+    history = trainer.fit()
+    assert max(history[-5:]) < 0.05 * history[0]
+
+
+def test_diffusion_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 8, 8).repeat(8, 1, 1, 1) * 2 - 1
+    trainer = Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)), x,
+                      TrainConfig(steps=150, batch_size=8, lr=3e-3, warmup_steps=5), device="cpu", progress=False)
+    history = trainer.fit()
+    first, last = sum(history[:10]) / 10, sum(history[-10:]) / 10
+    assert last < 0.5 * first
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    straight = small_trainer(steps=6)
+    straight.fit()
+
+    path = tmp_path / "run.safetensors"
+    first = small_trainer(path, steps=3)
+    first.fit()  # writes the checkpoint at step 3
+    resumed = small_trainer(path, steps=6)  # a fresh process would do exactly this
+    assert resumed.step == 3 and len(resumed.history) == 3
+    resumed.fit()
+
+    assert resumed.history == straight.history
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ema_lags_behind_the_weights():
+    trainer = small_trainer(steps=5)
+    trainer.fit()
+    p = dict(trainer.model.named_parameters())["conv_in.weight"]
+    e = dict(trainer.ema_model.named_parameters())["conv_in.weight"]
+    assert not torch.allclose(p, e) and not e.requires_grad
+
+
+def test_checkpoint_holds_config_and_loads_as_a_model(tmp_path):
+    path = tmp_path / "run.safetensors"
+    trainer = small_trainer(path, steps=3)
+    trainer.fit()
+    meta = read_metadata(path)
+    assert meta["kind"] == "unet" and meta["step"] == 3 and meta["config"]["block_channels"] == [8, 16]
+    model = load_model(path)
+    for a, b in zip(model.state_dict().values(), trainer.ema_model.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_resume_refuses_a_different_train_config(tmp_path):
+    path = tmp_path / "run.safetensors"
+    small_trainer(path, steps=3).fit()
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="different TrainConfig"):
+        Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)),
+                torch.zeros(16, 1, 8, 8), TrainConfig(steps=6, batch_size=8), device="cpu", checkpoint_path=path)
+
+
+def test_pick_device_prefers_an_explicit_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device().type in ("cuda", "mps", "cpu")
+
+
+def test_class_dropout_uses_the_null_class():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        config = tiny_unet_config(num_classes=3)
+
+        def forward(self, x, t, class_labels):
+            seen.append(class_labels)
+            return torch.zeros_like(x)
+
+    loss = DiffusionLoss(NoiseSchedule("linear"), p_uncond=0.5)
+    loss(Spy(), (torch.zeros(2000, 1, 2, 2), torch.zeros(2000, dtype=torch.long)), torch.Generator().manual_seed(0))
+    frac_null = (seen[0] == 3).float().mean().item()
+    assert 0.45 < frac_null < 0.55 and set(seen[0].tolist()) == {0, 3}
+
+
+def test_bad_config_and_data_are_rejected():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="same first dimension"):
+        Trainer(UNet(tiny_unet_config()), None, (torch.zeros(4, 1, 8, 8), torch.zeros(3)), device="cpu")

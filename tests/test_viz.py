@@ -1,0 +1,38 @@
+import numpy as np
+import torch
+
+from sdlesson.schedule import NoiseSchedule
+from sdlesson.viz import image_grid, forward_diffusion_explorer, show_images, to_png
+
+
+def test_image_grid_places_each_image():
+    images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, -1.0)])
+    grid = image_grid(images, nrow=2, pad=1)
+    assert grid.shape == (7, 7)
+    assert grid[1, 1] == 0 and grid[1, 4] == 255 and grid[4, 1] == 0 and grid[4, 4] == 255  # last cell is padding
+    rgb = image_grid(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), nrow=2)
+    assert rgb.shape == (6, 11, 3)
+
+
+def test_show_images_and_png():
+    ax = show_images(torch.rand(4, 3, 8, 8) * 2 - 1, nrow=2, title="x")
+    assert ax.get_title() == "x"
+    png = to_png(torch.zeros(1, 1, 4, 4), scale=2)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forward_diffusion_explorer_updates_headlessly():
+    image = torch.zeros(1, 1, 8, 8)
+    schedules = {name: NoiseSchedule(name) for name in ("linear", "cosine")}
+    app = forward_diffusion_explorer(image, schedules, seed=0)
+    app.controls["t"].value = 0
+    clean_png, clean = app.view.value, app.image.copy()
+    assert "t = 0" in app.caption
+    app.controls["t"].value = 999
+    assert app.view.value != clean_png and "t = 999" in app.caption
+    assert np.abs(app.image.astype(int) - 128).mean() > np.abs(clean.astype(int) - 128).mean()
+    # The shown image is the closed form with the widget's fixed noise.
+    noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
+    app.controls["schedule"].value = "cosine"
+    expected = image_grid(schedules["cosine"].add_noise(image, noise, torch.tensor([999])))
+    np.testing.assert_array_equal(app.image, expected)
