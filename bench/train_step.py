@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find the sdlesson package
+from sdlesson.pretrained import SILHOUETTE_UNET  # noqa: E402
 from sdlesson.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 
 PRESETS = {
-    "silhouettes": UNetConfig(in_channels=1, sample_size=28, block_channels=(32, 64, 64),
-                              attention_levels=(False, False, True)),
+    "silhouettes": SILHOUETTE_UNET,  # lesson 02's noise predictor
     "rgb32": UNetConfig(in_channels=3, sample_size=32, block_channels=(64, 128, 128),
                         attention_levels=(False, True, True)),
     "latent8": UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 128),

@@ -33,6 +33,7 @@ def save_checkpoint(path, tensors: dict[str, torch.Tensor], *, kind: str, config
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is an ordinary file
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)  # atomic on POSIX and Windows

@@ -39,6 +39,13 @@ def hardware(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
+LOSS_CURVE_EVERY = 50  # the shipped file keeps the training loss averaged over blocks of this many steps
+
+
+def loss_curve(history: list[float], every: int) -> list[float]:
+    return [round(sum(history[i:i + every]) / len(history[i:i + every]), 5) for i in range(0, len(history), every)]
+
+
 def recipe(name: str):
     """(model, loss_fn, data, train config) for a shipped checkpoint."""
     if name == "silhouette_unet":
@@ -64,7 +71,7 @@ def train(args) -> None:
     command = "python -m sdlesson " + " ".join(sys.argv[1:])
     ckpt.save_model(out, trainer.ema_model, command=command, steps=trainer.step, seconds=round(trainer.seconds, 1),
                     hardware=hardware(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
-                    final_loss=sum(trainer.history[-100:]) / len(trainer.history[-100:]))
+                    loss_curve=loss_curve(trainer.history, LOSS_CURVE_EVERY), loss_curve_every=LOSS_CURVE_EVERY)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
 
 

@@ -129,3 +129,26 @@ def forward_diffusion_explorer(image: torch.Tensor, schedules: dict, *, seed: in
         t=widgets.IntSlider(value=T // 4, min=0, max=T - 1, step=1, description="t", continuous_update=False),
         schedule=widgets.Dropdown(options=list(schedules), description="schedule"),
     )
+
+
+def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100, 250), nrow: int = 8) -> InteractiveImage:
+    """Sliders over the number of sampling steps, the sampler and the seed; shows the samples and their time."""
+    import time
+
+    import ipywidgets as widgets
+
+    from .samplers import SAMPLERS, make_sampler, sample
+
+    def render(steps, sampler, seed):
+        start = time.perf_counter()
+        x = sample(model, make_sampler(sampler, schedule), shape, num_steps=steps,
+                   generator=torch.Generator().manual_seed(seed), progress=False)
+        seconds = time.perf_counter() - start
+        return image_grid(x, nrow=nrow), f"{sampler.upper()}, {steps} steps: {seconds:.2f} s for {shape[0]} images"
+
+    return InteractiveImage(
+        render,
+        steps=widgets.SelectionSlider(options=list(steps), value=20 if 20 in steps else steps[0], description="steps"),
+        sampler=widgets.ToggleButtons(options=list(SAMPLERS), value="ddim", description="sampler"),
+        seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
+    )

@@ -36,3 +36,22 @@ def test_forward_diffusion_explorer_updates_headlessly():
     app.controls["schedule"].value = "cosine"
     expected = image_grid(schedules["cosine"].add_noise(image, noise, torch.tensor([999])))
     np.testing.assert_array_equal(app.image, expected)
+
+
+def test_sampling_explorer_resamples_when_a_control_moves(tiny_unet):
+    from sdlesson.samplers import DDIMSampler, sample
+    from sdlesson.viz import sampling_explorer
+
+    schedule = NoiseSchedule("linear")
+    app = sampling_explorer(tiny_unet, schedule, (2, 1, 8, 8), steps=(1, 3), nrow=2)
+    assert app.controls["steps"].value == 1 and "DDIM, 1 steps" in app.caption
+    app.controls["steps"].value = 3
+    assert "DDIM, 3 steps" in app.caption
+    expected = sample(tiny_unet, DDIMSampler(schedule), (2, 1, 8, 8), num_steps=3,
+                      generator=torch.Generator().manual_seed(0), progress=False)
+    np.testing.assert_array_equal(app.image, image_grid(expected, nrow=2))
+    before = app.image.copy()
+    app.controls["seed"].value = 1
+    assert not np.array_equal(app.image, before)
+    app.controls["sampler"].value = "ddpm"
+    assert "DDPM, 3 steps" in app.caption
