@@ -44,7 +44,8 @@ def evaluate_silhouette_unet(*, device="cpu", num_samples: int = 1000, num_steps
     seconds = time.perf_counter() - start
     test, _ = load_silhouettes("test")
     n = min(num_samples, len(test))
-    fd = frechet_distance(extract_features(classifier, samples[:n]), extract_features(classifier, test[:n]))
+    reference = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]]  # all classes
+    fd = frechet_distance(extract_features(classifier, samples[:n]), extract_features(classifier, reference))
     floor = silhouette_fd_floor(classifier, n, seed=seed)
     counts = class_histogram(predict(classifier, samples), len(SILHOUETTE_CLASSES))
     return {

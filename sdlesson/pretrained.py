@@ -24,6 +24,11 @@ SILHOUETTE_TRAIN = TrainConfig(steps=8000, batch_size=64, lr=7e-4, warmup_steps=
 SILHOUETTE_CLASSIFIER = ClassifierConfig(in_channels=1, num_classes=10, channels=(16, 32, 64), feature_dim=64)
 SILHOUETTE_CLASSIFIER_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.99)
 
+# Emoji scenes (lessons 03, 05, 06): the noise predictor on 4×8×8 VAE latents. Lesson 03 runs the same UNet on
+# 3×64×64 pixels to measure what the latent space saves.
+SCENE_LATENT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 128),
+                               attention_levels=(False, True, True), attention_head_dim=32, norm_groups=32)
+
 CHECKPOINTS = {
     "silhouette_unet": "silhouette_unet.safetensors",
     "silhouette_classifier": "silhouette_classifier.safetensors",

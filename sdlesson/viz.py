@@ -105,10 +105,15 @@ class InteractiveImage:
         self.view.value = to_png(self.image, scale=self.scale)
         self.label.value = f"<span style='font-family:monospace'>{self.caption}</span>"
 
-    def _ipython_display_(self):
-        from IPython.display import display
+    def _repr_mimebundle_(self, **kwargs):
+        # The live widget where widgets render (JupyterLab, Colab); a picture of its current view elsewhere
+        # (a notebook browsed on GitHub, or one executed without a browser), so the output is never blank.
+        import base64
 
-        display(self.widget)
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = base64.b64encode(self.view.value).decode()
+        bundle["text/plain"] = f"{self.caption}  ({', '.join(f'{k}={v}' for k, v in self.values().items())})"
+        return bundle
 
 
 def forward_diffusion_explorer(image: torch.Tensor, schedules: dict, *, seed: int = 0) -> InteractiveImage:
@@ -151,4 +156,59 @@ def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100
         steps=widgets.SelectionSlider(options=list(steps), value=20 if 20 in steps else steps[0], description="steps"),
         sampler=widgets.ToggleButtons(options=list(SAMPLERS), value="ddim", description="sampler"),
         seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
+    )
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """A matplotlib figure as a uint8 RGB array (and the figure closed), for widgets that show plots."""
+    fig.canvas.draw()
+    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return arr
+
+
+def cost_explorer(base) -> InteractiveImage:
+    """Vary a UNet's width, attention levels and resolution; see its FLOPs on pixels vs on 8×-smaller latents."""
+    import dataclasses
+
+    import ipywidgets as widgets
+
+    from . import cost
+
+    kinds = ("conv", "linear", "attention")
+
+    def render(width, side, attention):
+        levels = tuple(i in attention for i in range(len(base.block_channels)))
+        mults = [c / base.block_channels[0] for c in base.block_channels]
+        config = dataclasses.replace(base, block_channels=tuple(int(width * m) for m in mults), attention_levels=levels)
+        meta = torch.device("meta")
+        counts = {}
+        for space, (channels, size) in (("pixels", (3, side)), ("latents", (4, side // 8))):
+            unet = cost.unet_for(channels, size, base=config, device=meta)
+            counts[space] = cost.flops_by_op(unet, *cost.unet_inputs(channels, size, device=meta))
+        fig, ax = plt.subplots(figsize=(6.4, 2.6), dpi=80)
+        left = {space: 0.0 for space in counts}
+        for kind in kinds:
+            values = [counts[space][kind] / 1e9 for space in counts]
+            ax.barh(list(counts), values, left=[left[s] for s in counts], label=kind)
+            for space, v in zip(counts, values):
+                left[space] += v
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("GFLOPs per forward pass (batch 1)")
+        ax.legend(loc="lower right", fontsize=8)
+        fig.tight_layout()
+        total = {space: sum(counts[space].values()) for space in counts}
+        caption = (f"pixels 3×{side}² vs latents 4×{side // 8}²: {total['pixels'] / 1e9:,.2f} vs "
+                   f"{total['latents'] / 1e9:,.3f} GFLOPs, ratio {total['pixels'] / total['latents']:,.0f}× "
+                   f"(numbers: 48×)")
+        return figure_to_array(fig), caption
+
+    levels = [f"level {i} ({c} ch)" for i, c in enumerate(base.block_channels)]
+    return InteractiveImage(
+        render, scale=1,
+        width=widgets.SelectionSlider(options=[16, 32, 64, 128], value=base.block_channels[0], description="width"),
+        side=widgets.SelectionSlider(options=[64, 128, 256, 512], value=64, description="image side"),
+        attention=widgets.SelectMultiple(
+            options=[(name, i) for i, name in enumerate(levels)],
+            value=tuple(i for i, a in enumerate(base.attention_levels) if a), description="attention", rows=3),
     )

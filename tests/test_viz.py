@@ -55,3 +55,26 @@ def test_sampling_explorer_resamples_when_a_control_moves(tiny_unet):
     assert not np.array_equal(app.image, before)
     app.controls["sampler"].value = "ddpm"
     assert "DDPM, 3 steps" in app.caption
+
+
+def test_interactive_image_also_renders_as_a_picture():
+    app = forward_diffusion_explorer(torch.zeros(1, 1, 4, 4), {"linear": NoiseSchedule("linear")})
+    bundle = app._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "image/png" in bundle
+    assert "t = 250" in bundle["text/plain"]
+
+
+def test_cost_explorer_reports_the_ratio_for_the_chosen_unet():
+    from sdlesson.unet import UNetConfig
+    from sdlesson.viz import cost_explorer
+
+    base = UNetConfig(in_channels=4, sample_size=8, block_channels=(16, 32), attention_levels=(False, False),
+                      layers_per_block=1, norm_groups=8)
+    app = cost_explorer(base)
+    assert "ratio" in app.caption and app.image.ndim == 3
+    app.controls["width"].value = 32
+    no_attention = float(app.caption.split("ratio ")[1].split("×")[0].replace(",", ""))
+    assert no_attention > 48  # conv_in/conv_out at 48×, other layers 64×, the middle's attention 64²×
+    app.controls["attention"].value = (0,)
+    with_attention = float(app.caption.split("ratio ")[1].split("×")[0].replace(",", ""))
+    assert with_attention > no_attention
