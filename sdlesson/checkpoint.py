@@ -82,8 +82,9 @@ def _registry() -> dict:
     """kind -> (config class, model class). Imported here, not at the top, so model files can import this module."""
     from .classifier import Classifier, ClassifierConfig
     from .unet import UNet, UNetConfig
+    from .vae import VAE, VAEConfig
 
-    return {"unet": (UNetConfig, UNet), "classifier": (ClassifierConfig, Classifier)}
+    return {"unet": (UNetConfig, UNet), "classifier": (ClassifierConfig, Classifier), "vae": (VAEConfig, VAE)}
 
 
 def kind_of(model: torch.nn.Module) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import platform
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 from . import checkpoint as ckpt
 from . import pretrained as pre
 from .classifier import Classifier, classification_loss
+from .scenes import make_scenes
+from .vae import VAE, vae_loss
 from .data import load_silhouettes
 from .schedule import NoiseSchedule
 from .train import DiffusionLoss, Trainer, pick_device
@@ -54,7 +57,11 @@ def recipe(name: str):
     if name == "silhouette_classifier":
         return (Classifier(pre.SILHOUETTE_CLASSIFIER), classification_loss, load_silhouettes("train"),
                 pre.SILHOUETTE_CLASSIFIER_TRAIN)
-    raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(pre.CHECKPOINTS)}")
+    if name == "scene_vae":
+        images, _, _ = make_scenes(pre.SCENE_TRAIN_COUNT, seed=pre.SCENE_TRAIN_SEED)  # uint8, 246 MB
+        return (VAE(pre.SCENE_VAE), functools.partial(vae_loss, kl_weight=pre.SCENE_VAE_KL_WEIGHT), images,
+                pre.SCENE_VAE_TRAIN)
+    raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(pre.RECIPES)}")
 
 
 def train(args) -> None:
@@ -67,9 +74,14 @@ def train(args) -> None:
     print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
           + (f", resuming at step {trainer.step}" if trainer.step else ""))
     trainer.fit()
-    out = Path(args.out) if args.out else pre.DATA_DIR / pre.CHECKPOINTS[args.name]
+    out = Path(args.out) if args.out else pre.DATA_DIR / f"{args.name}.safetensors"
     command = "python -m sdlesson " + " ".join(sys.argv[1:])
-    ckpt.save_model(out, trainer.ema_model, command=command, steps=trainer.step, seconds=round(trainer.seconds, 1),
+    extra = {}
+    if args.name == "scene_vae":  # the latent scale factor, 1 / std of the training latents (SD's 0.18215 rule)
+        from .latents import latent_scale
+
+        extra["latent_scale"] = latent_scale(trainer.ema_model, data[:2000])
+    ckpt.save_model(out, trainer.ema_model, command=command, **extra, steps=trainer.step, seconds=round(trainer.seconds, 1),
                     hardware=hardware(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
                     loss_curve=loss_curve(trainer.history, LOSS_CURVE_EVERY), loss_curve_every=LOSS_CURVE_EVERY)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
@@ -94,7 +106,7 @@ def main(argv=None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a shipped checkpoint (resumes where a previous run stopped)")
-    p.add_argument("name", choices=sorted(pre.CHECKPOINTS))
+    p.add_argument("name", choices=sorted(pre.RECIPES))
     p.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's (auto)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 100  # linear learning-rate warm-up, then constant
+    warmup_steps: int = 100  # linear learning-rate warm-up, then:
+    lr_schedule: str = "constant"  # constant, or cosine: lr decays to lr/10 at `steps` along half a cosine
     ema_decay: float = 0.999  # EMA of the weights, the ones we sample with
     grad_clip: float = 1.0  # max global gradient norm
     precision: str = "auto"  # auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 elsewhere; or fp32 | bf16 | fp16
@@ -50,11 +52,22 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end), when a path is given
 
     def __post_init__(self):
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate at a step: linear warm-up, then constant or a half-cosine down to lr / 10."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    if config.lr_schedule == "constant" or step < config.warmup_steps:
+        return config.lr * warmup
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # lr → lr/10
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -139,7 +152,7 @@ class Trainer:
         cfg, model = self.config, self.model
         g = step_generator(cfg.seed, self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(1, cfg.warmup_steps))
+            group["lr"] = learning_rate(cfg, self.step)
         model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             loss = self.loss_fn(model, self.batch(g), g)

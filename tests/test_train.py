@@ -112,3 +112,16 @@ def test_bad_config_and_data_are_rejected():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="same first dimension"):
         Trainer(UNet(tiny_unet_config()), None, (torch.zeros(4, 1, 8, 8), torch.zeros(3)), device="cpu")
+
+
+def test_learning_rate_warms_up_then_follows_its_schedule():
+    from sdlesson.train import learning_rate
+
+    constant = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert learning_rate(constant, 0) == pytest.approx(0.1) and learning_rate(constant, 50) == 1.0
+    cosine = TrainConfig(steps=110, lr=1.0, warmup_steps=10, lr_schedule="cosine")
+    assert learning_rate(cosine, 10) == pytest.approx(1.0)
+    assert learning_rate(cosine, 60) == pytest.approx(0.55)  # halfway down: 0.1 + 0.9 · 0.5
+    assert learning_rate(cosine, 110) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        TrainConfig(lr_schedule="linear")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sdlesson.train import Trainer, TrainConfig
-from sdlesson.vae import VAE, DiagonalGaussian, VAEConfig, count_parameters, vae_loss
+from sdlesson.unet import count_parameters
+from sdlesson.vae import VAE, DiagonalGaussian, VAEConfig, vae_loss
 
 
 def tiny_vae_config(**overrides) -> VAEConfig:

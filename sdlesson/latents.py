@@ -1,0 +1,33 @@
+"""Latents: images encoded once by the VAE, scaled to unit spread, and cached for the latent noise predictor.
+
+The VAE's latents have a spread of a few units; diffusion's noise has spread 1. Stable Diffusion multiplies its
+latents by a scale factor, 0.18215 = 1 / std of its training latents, so that the two match; we measure ours the
+same way.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, *, batch_size: int = 256, sample: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images (N, 3, H, W), uint8 or float in [-1, 1] -> unscaled latents (N, 4, H/8, W/8), on the CPU.
+
+    sample=False takes the posterior's mode (its mean); True draws from it, as Stable Diffusion's training does.
+    """
+    vae.eval()
+    device = next(vae.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device)
+        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x  # 0 … 255 -> -1 … 1
+        posterior = vae.encode(x)
+        out.append((posterior.sample(generator) if sample else posterior.mode()).cpu())
+    return torch.cat(out)
+
+
+def latent_scale(vae, images: torch.Tensor) -> float:
+    """1 / std of the latents of `images`: multiply latents by it so they have unit spread."""
+    return float(1.0 / encode_images(vae, images).float().std())
