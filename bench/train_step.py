@@ -15,7 +15,6 @@ only sdlesson's UNet is timed.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -25,7 +24,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find the sdlesson package
+from sdlesson.cost import device_name, synchronize  # noqa: E402
 from sdlesson.pretrained import SILHOUETTE_UNET  # noqa: E402
+from sdlesson.train import pick_device  # noqa: E402
 from sdlesson.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 
 PRESETS = {
@@ -57,33 +58,6 @@ def diffusers_unet_like(cfg: UNetConfig):
         time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0, resnet_time_scale_shift="default",
         downsample_type="conv", downsample_padding=1, upsample_type="conv", center_input_sample=False,
     )
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested:
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "cpu" and Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
-    return platform.processor() or platform.machine()
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def make_train_step(predict_noise, model, inputs, device, precision):

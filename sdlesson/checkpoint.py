@@ -117,10 +117,11 @@ def load_weights(model: torch.nn.Module, path, *, weights: str = "ema") -> torch
     """Load a checkpoint's weights into an existing model, after checking the kind and config match."""
     meta = read_metadata(path)
     check_kind(meta, kind_of(model), path)
+    config_cls = _registry()[meta["kind"]][0]
     expected = json.loads(json.dumps(model.config.to_dict()))  # tuples -> lists, as stored
-    if meta["config"] != expected:
-        diff = {k: (expected.get(k), meta["config"].get(k)) for k in set(expected) | set(meta["config"])
-                if expected.get(k) != meta["config"].get(k)}
+    saved = json.loads(json.dumps(config_cls(**meta["config"]).to_dict()))  # fields added since: their defaults
+    if saved != expected:
+        diff = {k: (expected.get(k), saved.get(k)) for k in set(expected) | set(saved) if expected.get(k) != saved.get(k)}
         raise ValueError(f"{path} was saved from a model with a different config; (model, checkpoint) differ in {diff}")
     tensors = load_tensors(path)
     # A training checkpoint holds model.*, ema.* and optim.*; a plain one holds the weights alone.

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import to_float
+
 
 @dataclass
 class ClassifierConfig:
@@ -21,6 +23,8 @@ class ClassifierConfig:
     channels: tuple[int, ...] = (32, 64, 128)  # conv stages, each halving the resolution
     feature_dim: int = 64  # the penultimate layer, used for Fréchet distances
     norm_groups: int = 8
+    sample_size: int = 28  # the input's side; only needed without global pooling
+    global_pool: bool = True  # average over positions (what, not where); False keeps where things are
 
     def __post_init__(self):
         self.num_classes = (self.num_classes,) if isinstance(self.num_classes, int) else tuple(self.num_classes)
@@ -41,14 +45,18 @@ class Classifier(nn.Module):
                        nn.AvgPool2d(2, ceil_mode=True)]
             c_in = c
         self.body = nn.Sequential(*layers)
-        self.to_features = nn.Linear(c_in, cfg.feature_dim)
+        side = cfg.sample_size
+        for _ in cfg.channels:
+            side = -(-side // 2)  # each stage halves the side, rounding up
+        self.to_features = nn.Linear(c_in if cfg.global_pool else c_in * side * side, cfg.feature_dim)
         self.heads = nn.ModuleList(nn.Linear(cfg.feature_dim, n) for n in cfg.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images in [-1, 1] -> (B, feature_dim)."""
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:
             raise ValueError(f"expected images of shape (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
-        h = self.body(x).mean(dim=(2, 3))  # global average pool: (B, channels[-1])
+        h = self.body(x)  # (B, channels[-1], h, w)
+        h = h.mean(dim=(2, 3)) if self.config.global_pool else h.flatten(1)  # (B, channels[-1]) or (B, c·h·w)
         return F.silu(self.to_features(h))
 
     def forward(self, x: torch.Tensor):
@@ -60,7 +68,7 @@ class Classifier(nn.Module):
 
 def classification_loss(model, batch, generator=None) -> torch.Tensor:
     """Cross-entropy for a Trainer: batch = (images, labels), labels (B,) or (B, heads)."""
-    x, y = batch[0], batch[1]
+    x, y = to_float(batch[0]), batch[1]  # images may be stored as uint8
     logits = model(x)
     if isinstance(logits, torch.Tensor):
         return F.cross_entropy(logits, y)
@@ -72,11 +80,13 @@ def predict(model, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """Class probabilities (N, num_classes) for a single-head classifier, in batches."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch_size].to(device)).softmax(-1).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([model(to_float(x[i:i + batch_size].to(device))).softmax(-1).cpu()
+                      for i in range(0, len(x), batch_size)])
 
 
 @torch.no_grad()
 def extract_features(model, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model.features(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    return torch.cat([model.features(to_float(x[i:i + batch_size].to(device))).cpu()
+                      for i in range(0, len(x), batch_size)])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import platform
 import sys
 from pathlib import Path
 
@@ -23,23 +22,13 @@ import torch
 from . import checkpoint as ckpt
 from . import pretrained as pre
 from .classifier import Classifier, classification_loss
+from .cost import device_name
 from .scenes import make_scenes
 from .vae import VAE, vae_loss
 from .data import load_silhouettes
 from .schedule import NoiseSchedule
 from .train import DiffusionLoss, Trainer, pick_device
 from .unet import UNet, count_parameters
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
 
 
 LOSS_CURVE_EVERY = 50  # the shipped file keeps the training loss averaged over blocks of this many steps
@@ -61,6 +50,11 @@ def recipe(name: str):
         images, _, _ = make_scenes(pre.SCENE_TRAIN_COUNT, seed=pre.SCENE_TRAIN_SEED)  # uint8, 246 MB
         return (VAE(pre.SCENE_VAE), functools.partial(vae_loss, kl_weight=pre.SCENE_VAE_KL_WEIGHT), images,
                 pre.SCENE_VAE_TRAIN)
+    if name == "scene_judge":
+        seen = make_scenes(16000, seed=pre.SCENE_JUDGE_SEED, split="train")
+        heldout = make_scenes(4000, seed=pre.SCENE_JUDGE_SEED, split="heldout")
+        data = (torch.cat([seen[0], heldout[0]]), torch.cat([seen[2], heldout[2]]))  # uint8 images, (N, 4) labels
+        return Classifier(pre.SCENE_JUDGE), classification_loss, data, pre.SCENE_JUDGE_TRAIN
     raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(pre.RECIPES)}")
 
 
@@ -82,23 +76,21 @@ def train(args) -> None:
 
         extra["latent_scale"] = latent_scale(trainer.ema_model, data[:2000])
     ckpt.save_model(out, trainer.ema_model, command=command, **extra, steps=trainer.step, seconds=round(trainer.seconds, 1),
-                    hardware=hardware(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
+                    hardware=device_name(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
                     loss_curve=loss_curve(trainer.history, LOSS_CURVE_EVERY), loss_curve_every=LOSS_CURVE_EVERY)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
 
 
 def evaluate(args) -> None:
-    from .evaluate import evaluate_silhouette_unet, evaluate_silhouette_classifier
+    from . import evaluate as ev
 
     device = pick_device(args.device)
     if args.name == "silhouette_unet":
-        report = evaluate_silhouette_unet(device=device, num_samples=args.num_samples, num_steps=args.num_steps)
-    elif args.name == "silhouette_classifier":
-        report = evaluate_silhouette_classifier(device=device)
+        report = ev.evaluate_silhouette_unet(device=device, num_samples=args.num_samples, num_steps=args.num_steps)
     else:
-        raise SystemExit(f"no evaluation for {args.name!r}")
+        report = getattr(ev, f"evaluate_{args.name}")(device=device)
     for key, value in report.items():
-        print(f"{key:>28}: {value}")
+        print(f"{key:>36}: {value}")
 
 
 def main(argv=None) -> None:
@@ -115,7 +107,7 @@ def main(argv=None) -> None:
     p.set_defaults(func=train)
 
     p = sub.add_parser("evaluate", help="measure a shipped checkpoint's quality")
-    p.add_argument("name", choices=sorted(pre.CHECKPOINTS))
+    p.add_argument("name", choices=sorted(pre.RECIPES))
     p.add_argument("--device")
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--num-steps", type=int, default=100)

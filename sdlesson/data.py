@@ -99,6 +99,12 @@ def load_photo(name: str = "chelsea", *, size: int | None = 64) -> torch.Tensor:
     return F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(-1, 1)
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0 … 255) -> float in [-1, 1]; float images pass through. Datasets stay uint8 in memory (4× smaller)
+    and become floats a batch at a time."""
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] images (B, C, H, W) or (C, H, W) -> uint8 arrays (B, H, W, C) or (H, W, C) for plotting or PNGs."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -64,3 +64,45 @@ def evaluate_silhouette_classifier(*, device="cpu") -> dict:
     test, labels = load_silhouettes("test")
     accuracy = (predict(classifier, test).argmax(-1) == labels).float().mean().item()
     return {"test accuracy": f"{accuracy:.2%} on {len(test)} held-out silhouettes"}
+
+
+@torch.no_grad()
+def evaluate_scene_vae(*, device="cpu", num: int = 1000) -> dict:
+    """PSNR of reconstructions (posterior mode, decoded) on scenes the VAE never saw, and on the cat photo."""
+    from .checkpoint import load_model, read_metadata
+    from .data import load_photo, to_float
+    from .metrics import psnr
+    from .scenes import make_scenes
+
+    path = pre.DATA_DIR / "scene_vae.safetensors"
+    vae = load_model(path, device=device)
+    report = {}
+    for split in ("train", "heldout"):
+        images = to_float(make_scenes(num, seed=pre.SCENE_TEST_SEED, split=split)[0]).to(device)
+        recon = torch.cat([vae.decode(vae.encode(images[i:i + 250]).mode()) for i in range(0, num, 250)])
+        label = "seen object-background pairs" if split == "train" else "held-out pairs"
+        report[f"PSNR, new scenes, {label}"] = f"{psnr(recon.clamp(-1, 1), images).mean().item():.2f} dB ({num} scenes)"
+    cat = load_photo("chelsea", size=64).to(device)
+    report["PSNR, chelsea the cat (64×64)"] = f"{psnr(vae.decode(vae.encode(cat).mode()).clamp(-1, 1), cat).item():.2f} dB"
+    report["latent scale (1 / std)"] = round(read_metadata(path)["latent_scale"], 4)
+    return report
+
+
+@torch.no_grad()
+def evaluate_scene_judge(*, device="cpu", num: int = 2000) -> dict:
+    """Accuracy of each head on freshly drawn scenes of both splits (a seed the judge never trained on)."""
+    from .checkpoint import load_model
+    from .data import to_float
+    from .scenes import make_scenes
+
+    judge = load_model(pre.DATA_DIR / "scene_judge.safetensors", device=device)
+    report = {}
+    for split in ("train", "heldout"):
+        images, _, labels = make_scenes(num, seed=pre.SCENE_JUDGE_TEST_SEED, split=split)
+        logits = [torch.cat(parts) for parts in zip(*[
+            [lg.cpu() for lg in judge(to_float(images[i:i + 500].to(device)))] for i in range(0, num, 500)])]
+        correct = torch.stack([lg.argmax(-1) == labels[:, k] for k, lg in enumerate(logits)], dim=1)
+        heads = ("object", "background", "position", "size")
+        accs = ", ".join(f"{h} {correct[:, k].float().mean().item():.2%}" for k, h in enumerate(heads))
+        report[f"accuracy, {split} pairs"] = f"{accs}; all four {correct.all(1).float().mean().item():.2%} ({num} scenes)"
+    return report

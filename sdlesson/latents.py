@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .data import to_float
+
 
 @torch.no_grad()
 def encode_images(vae, images: torch.Tensor, *, batch_size: int = 256, sample: bool = False,
@@ -21,8 +23,7 @@ def encode_images(vae, images: torch.Tensor, *, batch_size: int = 256, sample: b
     device = next(vae.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(device)
-        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x  # 0 … 255 -> -1 … 1
+        x = to_float(images[i:i + batch_size].to(device))  # uint8 0 … 255 -> -1 … 1
         posterior = vae.encode(x)
         out.append((posterior.sample(generator) if sample else posterior.mode()).cpu())
     return torch.cat(out)

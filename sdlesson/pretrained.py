@@ -33,12 +33,19 @@ SCENE_VAE_TRAIN = TrainConfig(steps=16000, batch_size=16, lr=3e-3, warmup_steps=
                               ema_decay=0.999, checkpoint_every=1000)
 SCENE_TRAIN_SEED, SCENE_TEST_SEED, SCENE_TRAIN_COUNT = 0, 1, 20000
 
+# The scene judge: which object, background, position and size a 64×64 scene shows (one head each). It keeps
+# where things are (no global pooling), and learns from both splits: a judge must know the held-out pairs too.
+SCENE_JUDGE = ClassifierConfig(in_channels=3, num_classes=(8, 6, 5, 2), channels=(16, 32, 64, 64), feature_dim=64,
+                               sample_size=64, global_pool=False)
+SCENE_JUDGE_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.99)
+SCENE_JUDGE_SEED, SCENE_JUDGE_TEST_SEED = 2, 3
+
 # Emoji scenes (lessons 03, 05, 06): the noise predictor on 4×8×8 VAE latents. Lesson 03 runs the same UNet on
 # 3×64×64 pixels to measure what the latent space saves.
 SCENE_LATENT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 128),
                                attention_levels=(False, True, True), attention_head_dim=32, norm_groups=32)
 
-RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae")  # what `python -m sdlesson train` can make
+RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae", "scene_judge")  # what `python -m sdlesson train` can make
 CHECKPOINTS = {  # what ships in data/
     "silhouette_unet": "silhouette_unet.safetensors",
     "silhouette_classifier": "silhouette_classifier.safetensors",

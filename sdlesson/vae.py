@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import to_float
+from .unet import Downsample, Upsample  # the same resampling layers as the noise predictor
+
 
 @dataclass
 class VAEConfig:
@@ -131,24 +134,6 @@ class MidBlock(nn.Module):
         return self.res2(self.attn(self.res1(x)))
 
 
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)  # (H, W) -> (H/2, W/2)
-
-    def forward(self, x):
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (H, W) -> (2H, 2W)
-
-
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -240,9 +225,7 @@ def vae_loss(model: VAE, batch, generator: torch.Generator, *, kl_weight: float 
     training time.
     batch = (images,) in [-1, 1], or uint8 images in 0 … 255.
     """
-    x = batch[0]
-    if x.dtype == torch.uint8:
-        x = x.float() / 127.5 - 1.0  # 0 … 255 -> -1 … 1
+    x = to_float(batch[0])  # uint8 0 … 255 -> -1 … 1
     recon, posterior = model(x, generator)
     if reconstruction == "mse":
         rec = (recon.float() - x).square().mean()  # mean over pixels and batch of (x − x̂)²
