@@ -49,6 +49,8 @@ RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae", "scene_judge
 CHECKPOINTS = {  # what ships in data/
     "silhouette_unet": "silhouette_unet.safetensors",
     "silhouette_classifier": "silhouette_classifier.safetensors",
+    "scene_vae": "scene_vae.safetensors",
+    "scene_judge": "scene_judge.safetensors",
 }
 
 
