@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -178,7 +179,10 @@ class Trainer:
     def fit(self, steps: int | None = None) -> list[float]:
         """Train until `steps` (default: config.steps) steps are done in all; returns the loss history."""
         steps = self.config.steps if steps is None else steps
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", leave=False)
+        # In a log file (not a terminal or notebook) a redrawn bar becomes thousands of lines: update it rarely there.
+        quiet_log = not sys.stderr.isatty() and "ipykernel" not in sys.modules
+        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", leave=False,
+                   mininterval=30 if quiet_log else 0.1)
         start = time.perf_counter()
         while self.step < steps:
             self.history.append(self.train_step())
