@@ -69,13 +69,12 @@ def evaluate_silhouette_classifier(*, device="cpu") -> dict:
 @torch.no_grad()
 def evaluate_scene_vae(*, device="cpu", num: int = 1000) -> dict:
     """PSNR of reconstructions (posterior mode, decoded) on scenes the VAE never saw, and on the cat photo."""
-    from .checkpoint import load_model, read_metadata
+    from .checkpoint import read_metadata
     from .data import load_photo, to_float
     from .metrics import psnr
     from .scenes import make_scenes
 
-    path = pre.DATA_DIR / "scene_vae.safetensors"
-    vae = load_model(path, device=device)
+    vae = pre.load_pretrained("scene_vae", device=device)
     report = {}
     for split in ("train", "heldout"):
         images = to_float(make_scenes(num, seed=pre.SCENE_TEST_SEED, split=split)[0]).to(device)
@@ -84,18 +83,17 @@ def evaluate_scene_vae(*, device="cpu", num: int = 1000) -> dict:
         report[f"PSNR, new scenes, {label}"] = f"{psnr(recon.clamp(-1, 1), images).mean().item():.2f} dB ({num} scenes)"
     cat = load_photo("chelsea", size=64).to(device)
     report["PSNR, chelsea the cat (64×64)"] = f"{psnr(vae.decode(vae.encode(cat).mode()).clamp(-1, 1), cat).item():.2f} dB"
-    report["latent scale (1 / std)"] = round(read_metadata(path)["latent_scale"], 4)
+    report["latent scale (1 / std)"] = round(read_metadata(pre.checkpoint_path("scene_vae"))["latent_scale"], 4)
     return report
 
 
 @torch.no_grad()
 def evaluate_scene_judge(*, device="cpu", num: int = 2000) -> dict:
     """Accuracy of each head on freshly drawn scenes of both splits (a seed the judge never trained on)."""
-    from .checkpoint import load_model
     from .data import to_float
     from .scenes import make_scenes
 
-    judge = load_model(pre.DATA_DIR / "scene_judge.safetensors", device=device)
+    judge = pre.load_pretrained("scene_judge", device=device)
     report = {}
     for split in ("train", "heldout"):
         images, _, labels = make_scenes(num, seed=pre.SCENE_JUDGE_TEST_SEED, split=split)

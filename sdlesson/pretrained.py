@@ -46,18 +46,13 @@ SCENE_LATENT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64,
                                attention_levels=(False, True, True), attention_head_dim=32, norm_groups=32)
 
 RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae", "scene_judge")  # what `python -m sdlesson train` can make
-CHECKPOINTS = {  # what ships in data/
-    "silhouette_unet": "silhouette_unet.safetensors",
-    "silhouette_classifier": "silhouette_classifier.safetensors",
-    "scene_vae": "scene_vae.safetensors",
-    "scene_judge": "scene_judge.safetensors",
-}
+CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge")  # shipped as data/NAME.safetensors
 
 
 def checkpoint_path(name: str) -> Path:
     if name not in CHECKPOINTS:
         raise ValueError(f"unknown checkpoint {name!r}: expected one of {', '.join(CHECKPOINTS)}")
-    path = DATA_DIR / CHECKPOINTS[name]
+    path = DATA_DIR / f"{name}.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: it ships with the course (see data/MODEL_CARD.md for the "
                                 "command that trains it)")
