@@ -81,10 +81,12 @@ def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 def _registry() -> dict:
     """kind -> (config class, model class). Imported here, not at the top, so model files can import this module."""
     from .classifier import Classifier, ClassifierConfig
+    from .text import CLIP, CLIPConfig
     from .unet import UNet, UNetConfig
     from .vae import VAE, VAEConfig
 
-    return {"unet": (UNetConfig, UNet), "classifier": (ClassifierConfig, Classifier), "vae": (VAEConfig, VAE)}
+    return {"unet": (UNetConfig, UNet), "classifier": (ClassifierConfig, Classifier), "vae": (VAEConfig, VAE),
+            "clip": (CLIPConfig, CLIP)}
 
 
 def kind_of(model: torch.nn.Module) -> str:
@@ -94,9 +96,13 @@ def kind_of(model: torch.nn.Module) -> str:
     raise TypeError(f"cannot checkpoint a {type(model).__name__}: expected one of sdlesson's models")
 
 
-def save_model(path, model: torch.nn.Module, **meta) -> Path:
-    """Save a model's weights and config; `meta` (JSON-able) is stored beside them, e.g. a model card entry."""
-    return save_checkpoint(path, model.state_dict(), kind=kind_of(model), config=model.config.to_dict(), **meta)
+def save_model(path, model: torch.nn.Module, *, dtype: torch.dtype | None = None, **meta) -> Path:
+    """Save a model's weights and config; `meta` (JSON-able) is stored beside them, e.g. a model card entry.
+
+    dtype=torch.float16 stores floating-point weights at half the size; loading casts them back to the model's dtype.
+    """
+    tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    return save_checkpoint(path, tensors, kind=kind_of(model), config=model.config.to_dict(), **meta)
 
 
 def load_model(path, *, kind: str | None = None, weights: str = "ema", device="cpu") -> torch.nn.Module:

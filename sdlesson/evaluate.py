@@ -87,20 +87,135 @@ def evaluate_scene_vae(*, device="cpu", num: int = 1000) -> dict:
     return report
 
 
+ATTRIBUTES = ("object", "background", "position", "size")  # the judge's heads, in the order of Scene.labels
+
+
+@torch.no_grad()
+def judge_scenes(judge, images: torch.Tensor, *, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the judge sees in uint8 scenes (N, 3, 64, 64): labels (N, 4) and its confidence in each (N, 4)."""
+    from .data import to_float
+
+    judge.eval()
+    device = next(judge.parameters()).device
+    probs = [torch.cat(parts) for parts in zip(*[
+        [lg.softmax(-1).cpu() for lg in judge(to_float(images[i:i + batch_size].to(device)))]
+        for i in range(0, len(images), batch_size)])]
+    confidence, labels = torch.stack([p.max(-1).values for p in probs], 1), torch.stack([p.argmax(-1) for p in probs], 1)
+    return labels, confidence
+
+
+def prompt_set(split: str) -> list:
+    """80 fixed scenes whose captions are the prompts: each object-background pair of the split, at two
+    (position, size) combinations that vary from pair to pair. 'heldout': the 8 pairs no model but the judge saw."""
+    from .scenes import POSITIONS, SIZES, SPLITS, Scene
+
+    pairs = SPLITS[split]
+    per_pair = max(2, 80 // len(pairs))
+    return [Scene(obj, bg, POSITIONS[(j + 2 * k) % len(POSITIONS)], SIZES[(j + k) % len(SIZES)])
+            for j, (obj, bg) in enumerate(pairs) for k in range(per_pair)][:80]
+
+
 @torch.no_grad()
 def evaluate_scene_judge(*, device="cpu", num: int = 2000) -> dict:
     """Accuracy of each head on freshly drawn scenes of both splits (a seed the judge never trained on)."""
-    from .data import to_float
     from .scenes import make_scenes
 
     judge = pre.load_pretrained("scene_judge", device=device)
     report = {}
     for split in ("train", "heldout"):
         images, _, labels = make_scenes(num, seed=pre.SCENE_JUDGE_TEST_SEED, split=split)
-        logits = [torch.cat(parts) for parts in zip(*[
-            [lg.cpu() for lg in judge(to_float(images[i:i + 500].to(device)))] for i in range(0, num, 500)])]
-        correct = torch.stack([lg.argmax(-1) == labels[:, k] for k, lg in enumerate(logits)], dim=1)
-        heads = ("object", "background", "position", "size")
-        accs = ", ".join(f"{h} {correct[:, k].float().mean().item():.2%}" for k, h in enumerate(heads))
+        correct = judge_scenes(judge, images)[0] == labels
+        accs = ", ".join(f"{h} {correct[:, k].float().mean().item():.2%}" for k, h in enumerate(ATTRIBUTES))
         report[f"accuracy, {split} pairs"] = f"{accs}; all four {correct.all(1).float().mean().item():.2%} ({num} scenes)"
+    return report
+
+
+CONFIDENT = 0.9  # a sample is a "clean scene" when the judge gives every one of its four answers at least this
+
+
+@torch.no_grad()
+def scene_quality(judge, samples: torch.Tensor, reference: torch.Tensor, floor_reference: torch.Tensor) -> dict:
+    """How scene-like uint8 samples are: the share the judge recognises with confidence on all four heads, and the
+    Fréchet distance in the judge's features to real scenes, beside the real-vs-real floor at the same N."""
+    _, confidence = judge_scenes(judge, samples)
+    n = len(samples)
+    features = extract_features(judge, samples)
+    return {"clean": (confidence.min(1).values >= CONFIDENT).float().mean().item(),
+            "fd": frechet_distance(features, extract_features(judge, reference[:n])),
+            "floor": frechet_distance(extract_features(judge, floor_reference[:n]), extract_features(judge, reference[:n]))}
+
+
+@torch.no_grad()
+def evaluate_scene_latent_unet(*, device="cpu", num_samples: int = 1000, num_steps: int = 50, sampler: str = "ddim",
+                               seed: int = 0) -> dict:
+    """Unconditional latent samples, decoded, judged: clean-scene share and Fréchet distance in judge features."""
+    from .latents import decode_latents
+    from .samplers import make_sampler
+    from .scenes import make_scenes
+
+    unet = pre.load_pretrained("scene_latent_unet", device=device)
+    vae = pre.load_pretrained("scene_vae", device=device)
+    judge = pre.load_pretrained("scene_judge", device=device)
+    g = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    latents = torch.cat([
+        sample(unet, make_sampler(sampler, NoiseSchedule(pre.SCENE_SCHEDULE), clip_sample=None),
+               (min(250, num_samples - i), 4, 8, 8), num_steps=num_steps, generator=g, progress=False).cpu()
+        for i in range(0, num_samples, 250)])
+    samples = decode_latents(vae, latents, pre.scene_latent_scale())
+    seconds = time.perf_counter() - start
+    reference = make_scenes(num_samples, seed=pre.SCENE_TEST_SEED)[0]  # new scenes of the training pairs
+    floor_reference = make_scenes(num_samples, seed=pre.SCENE_TRAIN_SEED)[0]  # training scenes
+    q = scene_quality(judge, samples, reference, floor_reference)
+    return {"samples": f"{num_samples} with {sampler.upper()}, {num_steps} steps, seed {seed}",
+            "sampling + decoding time": f"{seconds:.1f} s on {device}",
+            f"clean scenes (judge confidence >= {CONFIDENT} on all four heads)": f"{q['clean']:.1%}",
+            "Fréchet distance in judge features (samples/new scenes)": round(q["fd"], 2),
+            "real-vs-real floor (training/new scenes)": round(q["floor"], 2),
+            "ratio to floor": round(q["fd"] / q["floor"], 2)}
+
+
+@torch.no_grad()
+def prompt_adherence(pipe, scenes_: list, *, guidance_scale: float, num_steps: int = 25, seed: int = 0,
+                     judge=None) -> torch.Tensor:
+    """Generate one image per scene's caption; (N, 4) bool: did the judge find each asked-for attribute?"""
+    judge = judge or pre.load_pretrained("scene_judge", device=pipe.device)
+    images = torch.cat([pipe(s.caption, num_images=1, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed + i)
+                        for i, s in enumerate(scenes_)])
+    return judge_scenes(judge, images)[0] == torch.tensor([s.labels for s in scenes_])
+
+
+@torch.no_grad()
+def evaluate_scene_text_unet(*, device="cpu", guidance_scale: float | None = None, num_steps: int = 25) -> dict:
+    """Prompt adherence on the fixed prompt sets, seen and held-out object-background pairs, as the judge sees it."""
+    from .generate import DEFAULT_GUIDANCE, TextToImage
+
+    pipe = TextToImage.from_pretrained(device=device)
+    guidance_scale = DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    report = {"sampling": f"DDIM, {num_steps} steps, guidance scale {guidance_scale}, one image per prompt"}
+    for split, label in (("train", "seen pairs"), ("heldout", "held-out pairs")):
+        correct = prompt_adherence(pipe, prompt_set(split), guidance_scale=guidance_scale, num_steps=num_steps)
+        per = ", ".join(f"{h} {correct[:, k].float().mean().item():.0%}" for k, h in enumerate(ATTRIBUTES))
+        report[f"adherence, {label}"] = (f"{correct.float().mean().item():.1%} of attributes ({per}); "
+                                         f"all four {correct.all(1).float().mean().item():.0%} of {len(correct)} prompts")
+    return report
+
+
+@torch.no_grad()
+def evaluate_scene_clip(*, device="cpu", num: int = 1000) -> dict:
+    """Retrieval: for new scenes, is the most similar of all 480 possible captions the scene's own?"""
+    from .latents import encode_scenes
+    from .scenes import BACKGROUNDS, OBJECTS, POSITIONS, SIZES, Scene
+
+    clip = pre.load_pretrained("scene_clip", device=device)
+    vae = pre.load_pretrained("scene_vae", device=device)
+    captions = [Scene(o, b, p, s).caption for o in OBJECTS for b in BACKGROUNDS for p in POSITIONS for s in SIZES]
+    ids, mask = clip.config.tokenizer()(captions)
+    text = clip.encode_text(ids.to(device), mask.to(device))
+    report = {}
+    for split in ("train", "heldout"):
+        latents, true, _ = encode_scenes(vae, num, seed=pre.SCENE_TEST_SEED, split=split, scale=pre.scene_latent_scale())
+        best = (clip.encode_image(latents.to(device)) @ text.T).argmax(1).cpu()
+        accuracy = sum(captions[i] == c for i, c in zip(best.tolist(), true)) / num
+        report[f"caption retrieval, {split} pairs"] = f"{accuracy:.1%} of {num} new scenes (top-1 of 480 captions)"
     return report

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .data import to_float
+from .scenes import make_scenes
 
 
 @torch.no_grad()
@@ -32,3 +33,22 @@ def encode_images(vae, images: torch.Tensor, *, batch_size: int = 256, sample: b
 def latent_scale(vae, images: torch.Tensor) -> float:
     """1 / std of the latents of `images`: multiply latents by it so they have unit spread."""
     return float(1.0 / encode_images(vae, images).float().std())
+
+
+def encode_scenes(vae, count: int, *, seed: int, split: str = "train", scale: float = 1.0):
+    """Render `count` emoji scenes and encode them once: (latents × scale (N, 4, 8, 8), captions, labels (N, 4)).
+
+    The latent noise predictor then trains on this cache: the VAE never runs inside its training loop.
+    """
+    images, captions, labels = make_scenes(count, seed=seed, split=split)
+    return encode_images(vae, images) * scale, captions, labels
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
+    """Latents × scale (N, 4, h, w) -> uint8 images (N, 3, 8h, 8w), like make_scenes' images: divide, then decode."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    out = [vae.decode(latents[i:i + batch_size].to(device) / scale).clamp(-1, 1).cpu()
+           for i in range(0, len(latents), batch_size)]
+    return ((torch.cat(out) + 1) * 127.5).round().to(torch.uint8)  # -1 … 1 -> 0 … 255

@@ -6,10 +6,12 @@ the notebooks, so a notebook that trains briefly builds exactly the model it the
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from .checkpoint import load_model
+from .checkpoint import load_model, read_metadata
 from .classifier import ClassifierConfig
+from .text import CLIPConfig
 from .train import TrainConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
@@ -31,6 +33,10 @@ SCENE_VAE = VAEConfig()
 SCENE_VAE_KL_WEIGHT = 1e-6
 SCENE_VAE_TRAIN = TrainConfig(steps=16000, batch_size=16, lr=3e-3, warmup_steps=50, lr_schedule="cosine",
                               ema_decay=0.999, checkpoint_every=1000)
+# The decoder alone, fine-tuned from the shipped VAE (lesson 04): same encoder, same latents, sharper pictures.
+SCENE_DECODER_TRAIN = TrainConfig(steps=3000, batch_size=16, lr=5e-4, warmup_steps=50, lr_schedule="cosine",
+                                  ema_decay=0.999, checkpoint_every=500)
+SCENE_DECODER_EDGE_WEIGHT = 0.0
 SCENE_TRAIN_SEED, SCENE_TEST_SEED, SCENE_TRAIN_COUNT = 0, 1, 20000
 
 # The scene judge: which object, background, position and size a 64×64 scene shows (one head each). It keeps
@@ -44,9 +50,27 @@ SCENE_JUDGE_SEED, SCENE_JUDGE_TEST_SEED = 2, 3
 # 3×64×64 pixels to measure what the latent space saves.
 SCENE_LATENT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 128),
                                attention_levels=(False, True, True), attention_head_dim=32, norm_groups=32)
+SCENE_SCHEDULE = "scaled_linear"  # Stable Diffusion's: β from 0.00085 to 0.012
+# Trained on the cached latents (mode of the posterior, × latent scale) of the 20,000 training scenes.
+SCENE_LATENT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                                 ema_decay=0.998)
 
-RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae", "scene_judge")  # what `python -m sdlesson train` can make
-CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge")  # shipped as data/NAME.safetensors
+# Text (lesson 06): a small CLIP trained contrastively on (latent, caption) pairs of the training scenes; its text
+# tower then stays frozen and gives the UNet 16 token embeddings of width 64 (SD: CLIP's 77 × 768).
+SCENE_CLIP = CLIPConfig()
+SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine", ema_decay=0.99)
+# The latent noise predictor with cross-attention to those embeddings wherever it has self-attention (4×4, 2×2 and
+# the middle); captions dropped for 10% of examples so the same model also predicts unconditionally (guidance).
+SCENE_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, context_dim=SCENE_CLIP.width)
+SCENE_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=4000)
+SCENE_TEXT_P_UNCOND = 0.1
+
+RECIPES = ("silhouette_classifier", "silhouette_unet", "scene_vae", "scene_judge", "scene_latent_unet", "scene_clip",
+           "scene_text_unet", "scene_vae_decoder")  # what `python -m sdlesson train` can make
+CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet", "scene_clip",
+           "scene_text_unet", "scene_vae_decoder")  # shipped as data/NAME.safetensors
+
+HALF_PRECISION = ("scene_latent_unet", "scene_text_unet", "scene_vae_decoder")  # shipped as fp16 (half the size), loaded into fp32
 
 
 def checkpoint_path(name: str) -> Path:
@@ -60,5 +84,10 @@ def checkpoint_path(name: str) -> Path:
 
 
 def load_pretrained(name: str, *, device="cpu"):
-    """A shipped model, in eval mode: 'silhouette_unet', 'silhouette_classifier'."""
+    """A shipped model, in eval mode, by its name in CHECKPOINTS."""
     return load_model(checkpoint_path(name), device=device)
+
+
+def scene_latent_scale() -> float:
+    """The shipped VAE's latent scale factor: 1 / std of its training latents, measured when it was trained."""
+    return float(read_metadata(checkpoint_path("scene_vae"))["latent_scale"])

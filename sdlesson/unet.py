@@ -93,6 +93,8 @@ class Attention(nn.Module):
         self.to_k = nn.Linear(context_dim or dim, dim)
         self.to_v = nn.Linear(context_dim or dim, dim)
         self.to_out = nn.Linear(dim, dim)
+        self.keep_weights = False  # set True to keep the attention weights of the next call in .weights, for plots
+        self.weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask=None) -> torch.Tensor:
         context = x if context is None else context
@@ -102,6 +104,9 @@ class Attention(nn.Module):
         v = self.to_v(context).view(B, context.shape[1], self.heads, -1).transpose(1, 2)
         mask = None if context_mask is None else context_mask[:, None, None, :]  # (B, 1, 1, L), True = attend
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # softmax(q kᵀ / sqrt(d)) v
+        if self.keep_weights:  # the same softmax written out, to see which tokens each position reads
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, heads, N, L)
+            self.weights = (scores if mask is None else scores.masked_fill(~mask, float("-inf"))).softmax(-1)
         return self.to_out(out.transpose(1, 2).reshape(B, N, C))
 
 

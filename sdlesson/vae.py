@@ -235,3 +235,26 @@ def vae_loss(model: VAE, batch, generator: torch.Generator, *, kl_weight: float 
         raise ValueError(f"reconstruction must be 'l1' or 'mse', got {reconstruction!r}")
     return rec + kl_weight * posterior.kl().mean() / x[0].numel()  # KL: per example, then per pixel value
 
+
+
+def image_gradients(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differences between neighbouring pixels, across (B, C, H, W-1) and down (B, C, H-1, W): where the edges are."""
+    return x[..., :, 1:] - x[..., :, :-1], x[..., 1:, :] - x[..., :-1, :]
+
+
+def decoder_loss(model: VAE, batch, generator: torch.Generator | None = None, *, edge_weight: float = 0.0) -> torch.Tensor:
+    """Fine-tune the decoder alone, as Stable Diffusion's released decoders were (ft-EMA, ft-MSE).
+
+    The encoder only runs (no gradient), so every latent stays what it was, and so does every noise predictor
+    trained on them: only the way latents are painted into pixels improves. The decoder reads the posterior's
+    mode, the clean latent a sampler ends on. loss = (x − x̂)² + edge_weight · |∇x − ∇x̂|, the second term (on the
+    differences between neighbouring pixels) asks for sharp edges; SD used LPIPS there, which needs a pretrained net.
+    """
+    x = to_float(batch[0])
+    with torch.no_grad():
+        z = model.encode(x).mode()
+    recon = model.decode(z).float()
+    loss = (recon - x).square().mean()
+    if edge_weight:
+        loss = loss + edge_weight * sum((a - b).abs().mean() for a, b in zip(image_gradients(recon), image_gradients(x)))
+    return loss

@@ -136,8 +136,12 @@ def forward_diffusion_explorer(image: torch.Tensor, schedules: dict, *, seed: in
     )
 
 
-def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100, 250), nrow: int = 8) -> InteractiveImage:
-    """Sliders over the number of sampling steps, the sampler and the seed; shows the samples and their time."""
+def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100, 250), nrow: int = 8,
+                      decode=None, clip_sample: float | None = 1.0) -> InteractiveImage:
+    """Sliders over the number of sampling steps, the sampler and the seed; shows the samples and their time.
+
+    For latents: decode turns the final latents into images (timed too), clip_sample=None leaves x̂_0 unclamped.
+    """
     import time
 
     import ipywidgets as widgets
@@ -146,8 +150,9 @@ def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100
 
     def render(steps, sampler, seed):
         start = time.perf_counter()
-        x = sample(model, make_sampler(sampler, schedule), shape, num_steps=steps,
+        x = sample(model, make_sampler(sampler, schedule, clip_sample=clip_sample), shape, num_steps=steps,
                    generator=torch.Generator().manual_seed(seed), progress=False)
+        x = decode(x) if decode is not None else x
         seconds = time.perf_counter() - start
         return image_grid(x, nrow=nrow), f"{sampler.upper()}, {steps} steps: {seconds:.2f} s for {shape[0]} images"
 
@@ -212,3 +217,71 @@ def cost_explorer(base) -> InteractiveImage:
             options=[(name, i) for i, name in enumerate(levels)],
             value=tuple(i for i, a in enumerate(base.attention_levels) if a), description="attention", rows=3),
     )
+
+
+def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
+    """Pick a scene, a decoder and how much noise to add to its latent: original | reconstruction | error × 4.
+
+    vaes: {name: VAE}; images: uint8 (N, 3, H, W). Noise is added to the latent in units of the latents' own spread.
+    """
+    import ipywidgets as widgets
+
+    from .data import to_float
+    from .metrics import psnr
+
+    def render(index, decoder, noise):
+        vae = vaes[decoder]
+        x = to_float(images[index:index + 1])
+        with torch.no_grad():
+            z = vae.encode(x).mode()
+            z = z + noise * z.std() * torch.randn(z.shape, generator=torch.Generator().manual_seed(index))
+            recon = vae.decode(z).clamp(-1, 1)
+        error = ((recon - x).abs() * 4 - 1).clamp(-1, 1)  # |x − x̂|, brightened 4×
+        caption = f"scene {index}, {decoder}, latent noise {noise:.2f}·std: PSNR {psnr(recon, x).item():.1f} dB"
+        return image_grid(torch.cat([x, recon, error]), nrow=3, pad=2), caption
+
+    return InteractiveImage(
+        render,
+        index=widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="scene"),
+        decoder=widgets.ToggleButtons(options=list(vaes), description="decoder"),
+        noise=widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.05, description="latent noise"),
+    )
+
+
+def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the center on a blue background",
+                           num_images: int = 4, judge=None) -> InteractiveImage:
+    """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image."""
+    import time
+
+    import ipywidgets as widgets
+
+    from .scenes import parse_caption
+
+    def render(prompt, guidance, steps, seed):
+        start = time.perf_counter()
+        try:
+            images = pipe(prompt, num_images=num_images, num_steps=steps, guidance_scale=guidance, seed=seed)
+        except ValueError as e:  # an unknown word: say so, keep the last picture
+            return getattr(app, "image", np.full((64, 64, 3), 255, np.uint8)), f"⚠ {e}"
+        caption = f"{num_images} images, {steps} DDIM steps, guidance {guidance}: {time.perf_counter() - start:.1f} s"
+        if judge is not None:
+            from .evaluate import judge_scenes
+
+            try:
+                wanted = torch.tensor(parse_caption(prompt).labels)
+                hits = (judge_scenes(judge, images)[0] == wanted).float().mean().item()
+                caption += f"; the judge finds {hits:.0%} of the asked-for attributes"
+            except ValueError:
+                caption += "; (the judge scores full captions only)"
+        return image_grid(images, nrow=num_images, pad=2), caption
+
+    app = None
+    app = InteractiveImage(
+        render,
+        prompt=widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                            layout=widgets.Layout(width="520px")),
+        guidance=widgets.FloatSlider(value=3.0, min=0.0, max=10.0, step=0.5, description="guidance"),
+        steps=widgets.IntSlider(value=25, min=1, max=100, description="steps"),
+        seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
+    )
+    return app

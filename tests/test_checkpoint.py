@@ -69,3 +69,23 @@ def test_a_file_that_is_not_a_checkpoint_is_rejected(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path, tiny_unet):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ckpt.save_model(tmp_path / "nope" / "m.safetensors", tiny_unet)
+
+
+def test_half_precision_files_load_back_into_float32(tmp_path, tiny_unet):
+    full = ckpt.save_model(tmp_path / "full.safetensors", tiny_unet)
+    half = ckpt.save_model(tmp_path / "half.safetensors", tiny_unet, dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = ckpt.load_model(half)
+    for (name, a), b in zip(tiny_unet.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype
+        torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-3)  # fp16 keeps ~3 significant digits
+
+
+def test_clip_checkpoints_round_trip(tmp_path):
+    from sdlesson.text import CLIP, CLIPConfig
+
+    clip = CLIP(CLIPConfig(width=16, layers=1, heads=2, image_width=8, embed_dim=8))
+    loaded = ckpt.load_model(ckpt.save_model(tmp_path / "clip.safetensors", clip), kind="clip")
+    assert loaded.config == clip.config and loaded.config.tokenizer().vocab == clip.config.tokenizer().vocab
+    ids, mask = clip.config.tokenizer()("a cat face")
+    torch.testing.assert_close(loaded.encode_text(ids, mask), clip.encode_text(ids, mask))

@@ -136,3 +136,23 @@ def test_training_reduces_the_loss_on_one_batch():
                       TrainConfig(steps=80, batch_size=4, lr=3e-3, warmup_steps=5), device="cpu", progress=False)
     history = trainer.fit()
     assert sum(history[-5:]) / 5 < 0.5 * sum(history[:5]) / 5
+
+
+def test_decoder_loss_trains_the_decoder_alone(tiny_vae):
+    from sdlesson.vae import decoder_loss, image_gradients
+
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    x = images.float() / 127.5 - 1
+    with torch.no_grad():
+        expected = (tiny_vae.decode(tiny_vae.encode(x).mode()) - x).square().mean()
+    assert torch.allclose(decoder_loss(tiny_vae, (images,)), expected, atol=1e-6)
+    # edges: |∇x − ∇x̂| on horizontal and vertical neighbour differences
+    dx, dy = image_gradients(x)
+    assert dx.shape == (4, 3, 64, 63) and torch.equal(dy[0, 0, 0], x[0, 0, 1] - x[0, 0, 0])
+    assert decoder_loss(tiny_vae, (images,), edge_weight=1.0) > decoder_loss(tiny_vae, (images,))
+    tiny_vae.encoder.requires_grad_(False)
+    encoder = [p.clone() for p in tiny_vae.encoder.parameters()]
+    trainer = Trainer(tiny_vae, decoder_loss, images, TrainConfig(steps=3, batch_size=2, warmup_steps=1), progress=False)
+    trainer.fit()
+    assert all(torch.equal(a, b) for a, b in zip(encoder, tiny_vae.encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(VAE(tiny_vae_config()).decoder.parameters(), tiny_vae.decoder.parameters()))

@@ -78,3 +78,22 @@ def test_cost_explorer_reports_the_ratio_for_the_chosen_unet():
     app.controls["attention"].value = (0,)
     with_attention = float(app.caption.split("ratio ")[1].split("×")[0].replace(",", ""))
     assert with_attention > no_attention
+
+
+def test_vae_explorer_shows_original_reconstruction_and_error():
+    from sdlesson.vae import VAE, VAEConfig
+    from sdlesson.viz import vae_explorer
+
+    torch.manual_seed(0)
+    vaes = {"a": VAE(VAEConfig(block_channels=(8, 16), norm_groups=4)), "b": VAE(VAEConfig(block_channels=(8, 16), norm_groups=4))}
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    app = vae_explorer(vaes, images)
+    assert app.image.shape == (64 + 4, 3 * 64 + 8, 3) and "scene 0, a, latent noise 0.00" in app.caption
+    np.testing.assert_array_equal(app.image[2:66, 2:66], images[0].permute(1, 2, 0).numpy())  # the original, first
+    before = app.image.copy()
+    app.controls["decoder"].value = "b"
+    assert not np.array_equal(app.image, before) and "scene 0, b" in app.caption
+    app.controls["noise"].value = 0.5
+    assert "latent noise 0.50" in app.caption
+    app.controls["index"].value = 2
+    np.testing.assert_array_equal(app.image[2:66, 2:66], images[2].permute(1, 2, 0).numpy())
