@@ -108,8 +108,11 @@ def evaluate(args) -> None:
     from . import evaluate as ev
 
     device = pick_device(args.device)
-    if args.name == "silhouette_unet":
-        report = ev.evaluate_silhouette_unet(device=device, num_samples=args.num_samples, num_steps=args.num_steps)
+    if args.name in ("silhouette_unet", "scene_latent_unet"):
+        report = getattr(ev, f"evaluate_{args.name}")(device=device, num_samples=args.num_samples,
+                                                      num_steps=args.num_steps, sampler=args.sampler)
+    elif args.name == "scene_text_unet":
+        report = ev.evaluate_scene_text_unet(device=device, guidance_scale=args.guidance, num_steps=args.num_steps)
     else:
         report = getattr(ev, f"evaluate_{args.name}")(device=device)
     for key, value in report.items():
@@ -165,8 +168,10 @@ def main(argv=None) -> None:
     p = sub.add_parser("evaluate", help="measure a shipped checkpoint's quality")
     p.add_argument("name", choices=sorted(pre.RECIPES))
     p.add_argument("--device")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--num-steps", type=int, default=100)
+    p.add_argument("--num-samples", type=int, default=1000, help="unconditional UNets: how many samples to judge")
+    p.add_argument("--num-steps", type=int, help="sampling steps (default: 100 for silhouettes, 50 for latents, 25 for text)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="unconditional UNets (default: ddim)")
+    p.add_argument("--guidance", type=float, help="scene_text_unet: the guidance scale (default: the generate default)")
     p.set_defaults(func=evaluate)
 
     from .generate import DEFAULT_GUIDANCE

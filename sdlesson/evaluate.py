@@ -28,8 +28,9 @@ def silhouette_fd_floor(classifier, num: int = 1000, *, seed: int = 0) -> float:
 
 
 @torch.no_grad()
-def evaluate_silhouette_unet(*, device="cpu", num_samples: int = 1000, num_steps: int = 100,
+def evaluate_silhouette_unet(*, device="cpu", num_samples: int = 1000, num_steps: int | None = None,
                              sampler: str = "ddim", seed: int = 0) -> dict:
+    num_steps = num_steps or 100
     unet = pre.load_pretrained("silhouette_unet", device=device)
     classifier = pre.load_pretrained("silhouette_classifier", device=device)
     schedule = NoiseSchedule(pre.SILHOUETTE_SCHEDULE)
@@ -116,6 +117,25 @@ def prompt_set(split: str) -> list:
 
 
 @torch.no_grad()
+def evaluate_scene_vae_decoder(*, device="cpu", num: int = 1000) -> dict:
+    """The fine-tuned decoder against the first, on the same new scenes: PSNR and the error in neighbour differences."""
+    from .data import to_float
+    from .metrics import psnr
+    from .scenes import make_scenes
+    from .vae import image_gradients
+
+    vaes = {name: pre.load_pretrained(name, device=device) for name in ("scene_vae", "scene_vae_decoder")}
+    report = {}
+    for split in ("train", "heldout"):
+        x = to_float(make_scenes(num, seed=pre.SCENE_TEST_SEED, split=split)[0]).to(device)
+        for name, vae in vaes.items():
+            recon = torch.cat([vae.decode(vae.encode(x[i:i + 250]).mode()) for i in range(0, num, 250)]).clamp(-1, 1)
+            edges = sum((a - b).abs().mean().item() for a, b in zip(image_gradients(recon), image_gradients(x)))
+            report[f"{name}, {split} pairs"] = f"PSNR {psnr(recon, x).mean().item():.2f} dB, edge error {edges:.4f}"
+    return report
+
+
+@torch.no_grad()
 def evaluate_scene_judge(*, device="cpu", num: int = 2000) -> dict:
     """Accuracy of each head on freshly drawn scenes of both splits (a seed the judge never trained on)."""
     from .scenes import make_scenes
@@ -146,9 +166,10 @@ def scene_quality(judge, samples: torch.Tensor, reference: torch.Tensor, floor_r
 
 
 @torch.no_grad()
-def evaluate_scene_latent_unet(*, device="cpu", num_samples: int = 1000, num_steps: int = 50, sampler: str = "ddim",
-                               seed: int = 0) -> dict:
+def evaluate_scene_latent_unet(*, device="cpu", num_samples: int = 1000, num_steps: int | None = None,
+                               sampler: str = "ddim", seed: int = 0) -> dict:
     """Unconditional latent samples, decoded, judged: clean-scene share and Fréchet distance in judge features."""
+    num_steps = num_steps or 50
     from .latents import decode_latents
     from .samplers import make_sampler
     from .scenes import make_scenes
@@ -178,16 +199,16 @@ def evaluate_scene_latent_unet(*, device="cpu", num_samples: int = 1000, num_ste
 @torch.no_grad()
 def prompt_adherence(pipe, scenes_: list, *, guidance_scale: float, num_steps: int = 25, seed: int = 0,
                      judge=None) -> torch.Tensor:
-    """Generate one image per scene's caption; (N, 4) bool: did the judge find each asked-for attribute?"""
+    """One image per scene's caption, in one batch; (N, 4) bool: did the judge find each asked-for attribute?"""
     judge = judge or pre.load_pretrained("scene_judge", device=pipe.device)
-    images = torch.cat([pipe(s.caption, num_images=1, num_steps=num_steps, guidance_scale=guidance_scale, seed=seed + i)
-                        for i, s in enumerate(scenes_)])
+    images = pipe([s.caption for s in scenes_], num_steps=num_steps, guidance_scale=guidance_scale, seed=seed)
     return judge_scenes(judge, images)[0] == torch.tensor([s.labels for s in scenes_])
 
 
 @torch.no_grad()
-def evaluate_scene_text_unet(*, device="cpu", guidance_scale: float | None = None, num_steps: int = 25) -> dict:
+def evaluate_scene_text_unet(*, device="cpu", guidance_scale: float | None = None, num_steps: int | None = None) -> dict:
     """Prompt adherence on the fixed prompt sets, seen and held-out object-background pairs, as the judge sees it."""
+    num_steps = num_steps or 25
     from .generate import DEFAULT_GUIDANCE, TextToImage
 
     pipe = TextToImage.from_pretrained(device=device)
