@@ -43,26 +43,27 @@ class TextToImage:
         return next(self.unet.parameters()).device
 
     @torch.no_grad()
-    def __call__(self, prompt: str, *, negative_prompt: str | None = None, num_images: int = 4, num_steps: int = 25,
-                 guidance_scale: float = DEFAULT_GUIDANCE, seed: int | None = 0, sampler: str = "ddim",
-                 keep_every: int = 0, progress: bool = False):
+    def __call__(self, prompt: str | list[str], *, negative_prompt: str | None = None, num_images: int = 4,
+                 num_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE, seed: int | None = 0,
+                 sampler: str = "ddim", keep_every: int = 0, progress: bool = False):
         """Images uint8 (num_images, 3, 64, 64); with keep_every > 0 also the decoded intermediate images.
 
-        prompt "" samples unconditionally; negative_prompt: what guidance steers away from, in place of "".
+        prompt: one prompt for num_images images, or a list of prompts for one image each (num_images is then
+        ignored); "" samples unconditionally. negative_prompt: what guidance steers away from, in place of "".
         """
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt must be a string, got {type(prompt).__name__}")
-        if not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
+        prompts = [prompt] * self._check_count(num_images) if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        context, mask = self.encode(prompt, num_images)  # 1. (N, 16, 64), (N, 16)
-        neg_context, neg_mask = self.encode(negative_prompt or "", num_images)
+        context, mask = self.encode(prompts)  # 1. (N, 16, 64), (N, 16)
+        neg_context, neg_mask = self.encode([negative_prompt or ""] * len(prompts))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        shape = (num_images, self.unet.config.in_channels, self.unet.config.sample_size, self.unet.config.sample_size)
+        size = self.unet.config.sample_size
         out = sample(  # 2-4: random latent, then predict the noise, guide, step, repeat
-            self.unet, make_sampler(sampler, self.schedule, clip_sample=None), shape, num_steps=num_steps,
-            generator=generator, cond={"context": context, "context_mask": mask},
+            self.unet, make_sampler(sampler, self.schedule, clip_sample=None), (len(prompts), self.unet.config.in_channels,
+                                                                                 size, size),
+            num_steps=num_steps, generator=generator, cond={"context": context, "context_mask": mask},
             uncond={"context": neg_context, "context_mask": neg_mask}, guidance_scale=guidance_scale,
             keep_every=keep_every, progress=progress, device=self.device)
         if keep_every:
@@ -70,11 +71,19 @@ class TextToImage:
             return self.decode(latents), [self.decode(z) for z in kept]
         return self.decode(out)
 
-    def encode(self, prompt: str, num_images: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token embeddings and mask for `num_images` copies of a prompt; the empty prompt is the one training used
-        for dropped captions (only <bos>), so "" asks for an unconditional image."""
-        context, mask = encode_prompts(self.clip, [prompt] * num_images)
-        return unconditional(context, mask) if not prompt.strip() else (context, mask)
+    @staticmethod
+    def _check_count(num_images) -> int:
+        if not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"num_images must be an int >= 1, got {num_images!r}")
+        return num_images
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (N, 16, 64) and mask (N, 16) of prompts. An empty prompt is what training made of a
+        dropped caption (<bos> alone), so "" asks for an unconditional image."""
+        context, mask = encode_prompts(self.clip, prompts)
+        empty = torch.tensor([not p.strip() for p in prompts], device=mask.device)
+        mask[empty] = unconditional(context[empty], mask[empty])[1]
+        return context, mask
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

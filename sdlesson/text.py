@@ -54,7 +54,7 @@ class Tokenizer:
         if not isinstance(prompt, str):
             raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
         words = re.sub(r"[^\w\s]", " ", prompt.lower()).split()
-        unknown = [w for w in words if w not in self.ids or w in (PAD, BOS, EOS)]
+        unknown = [w for w in words if w not in self.ids]  # (punctuation is gone, so "<bos>" cannot be typed)
         if unknown:
             known = " ".join(self.vocab[3:])
             raise ValueError(f"unknown word(s) {', '.join(map(repr, dict.fromkeys(unknown)))} in {prompt!r}; "

@@ -255,14 +255,17 @@ def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the cente
 
     import ipywidgets as widgets
 
+    from .generate import DEFAULT_GUIDANCE
     from .scenes import parse_caption
+
+    shown = {"image": np.full((64, 64, 3), 255, np.uint8)}  # the last good picture
 
     def render(prompt, guidance, steps, seed):
         start = time.perf_counter()
         try:
             images = pipe(prompt, num_images=num_images, num_steps=steps, guidance_scale=guidance, seed=seed)
         except ValueError as e:  # an unknown word: say so, keep the last picture
-            return getattr(app, "image", np.full((64, 64, 3), 255, np.uint8)), f"⚠ {e}"
+            return shown["image"], f"⚠ {e}"
         caption = f"{num_images} images, {steps} DDIM steps, guidance {guidance}: {time.perf_counter() - start:.1f} s"
         if judge is not None:
             from .evaluate import judge_scenes
@@ -273,15 +276,14 @@ def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the cente
                 caption += f"; the judge finds {hits:.0%} of the asked-for attributes"
             except ValueError:
                 caption += "; (the judge scores full captions only)"
-        return image_grid(images, nrow=num_images, pad=2), caption
+        shown["image"] = image_grid(images, nrow=num_images, pad=2)
+        return shown["image"], caption
 
-    app = None
-    app = InteractiveImage(
+    return InteractiveImage(
         render,
         prompt=widgets.Text(value=prompt, description="prompt", continuous_update=False,
                             layout=widgets.Layout(width="520px")),
-        guidance=widgets.FloatSlider(value=3.0, min=0.0, max=10.0, step=0.5, description="guidance"),
+        guidance=widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=0.0, max=10.0, step=0.5, description="guidance"),
         steps=widgets.IntSlider(value=25, min=1, max=100, description="steps"),
         seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
     )
-    return app
