@@ -55,8 +55,8 @@ def test_guidance_combines_the_conditional_and_unconditional_predictions(tiny_pi
 
 
 def test_empty_and_negative_prompts(tiny_pipe):
-    context, mask = tiny_pipe.encode("", 3)
-    assert mask[:, 0].all() and not mask[:, 1:].any()
+    context, mask = tiny_pipe.encode(["", "", PROMPT])
+    assert mask[:, 0].all() and not mask[:2, 1:].any() and mask[2, 1:14].all()
     plain = tiny_pipe(PROMPT, num_images=1, num_steps=3, guidance_scale=3.0)
     negative = tiny_pipe(PROMPT, negative_prompt="a large dog face in the center on a gray background", num_images=1,
                          num_steps=3, guidance_scale=3.0)
@@ -88,6 +88,8 @@ def test_unknown_words_and_non_strings(tiny_pipe):
         tiny_pipe("a bird")
     with pytest.raises(TypeError, match="prompt must be a string"):
         tiny_pipe(None)
+    with pytest.raises(TypeError, match="non-empty list of strings"):
+        tiny_pipe([])
 
 
 @pytest.mark.parametrize("args, error", [
@@ -135,3 +137,11 @@ def test_text_to_image_explorer_follows_the_prompt(tiny_pipe):
     shown = app.image.copy()
     app.controls["prompt"].value = "a purple bird"
     assert "unknown word" in app.caption and np.array_equal(app.image, shown)  # the last picture stays
+
+
+def test_a_list_of_prompts_gives_one_image_each(tiny_pipe):
+    prompts = [PROMPT, "a large dog face in the center on a gray background", ""]
+    images = tiny_pipe(prompts, num_steps=2, guidance_scale=2.0, seed=0)
+    assert images.shape == (3, 3, 64, 64)
+    alone = tiny_pipe(PROMPT, num_images=3, num_steps=2, guidance_scale=2.0, seed=0)
+    assert torch.equal(images[0], alone[0])  # same seed, same first latent, same prompt
