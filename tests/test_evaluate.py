@@ -1,0 +1,27 @@
+"""The measuring helpers: the fixed prompt sets, and the judge-based scores on real scenes."""
+
+import torch
+
+from sdlesson import pretrained
+from sdlesson.evaluate import judge_scenes, prompt_set, scene_quality
+from sdlesson.scenes import HELDOUT_PAIRS, TRAIN_PAIRS, make_scenes
+
+
+def test_prompt_sets_cover_their_pairs_without_repeats():
+    seen, heldout = prompt_set("train"), prompt_set("heldout")
+    assert len(seen) == len(heldout) == 80
+    assert len(set(seen)) == len(set(heldout)) == 80
+    assert {(s.object, s.background) for s in seen} == set(TRAIN_PAIRS)  # each of the 40 pairs, twice
+    assert {(s.object, s.background) for s in heldout} == set(HELDOUT_PAIRS)  # each of the 8 pairs, 10 times
+    assert {(s.position, s.size) for s in heldout if (s.object, s.background) == HELDOUT_PAIRS[0]} == {
+        (s.position, s.size) for s in heldout if (s.object, s.background) == HELDOUT_PAIRS[1]}
+    assert prompt_set("train") == seen  # fixed
+
+
+def test_real_scenes_are_clean_and_at_distance_zero_from_themselves():
+    judge = pretrained.load_pretrained("scene_judge")
+    images, _, labels = make_scenes(96, seed=pretrained.SCENE_TEST_SEED, split="heldout")
+    predicted, confidence = judge_scenes(judge, images, batch_size=40)
+    assert torch.equal(predicted, labels) and confidence.shape == (96, 4)
+    q = scene_quality(judge, images, images, make_scenes(96, seed=pretrained.SCENE_TRAIN_SEED)[0])
+    assert q["clean"] > 0.95 and abs(q["fd"]) < 1e-6 and q["floor"] > 1.0
