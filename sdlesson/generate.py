@@ -60,9 +60,9 @@ class TextToImage:
         neg_context, neg_mask = self.encode([negative_prompt or ""] * len(prompts))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         size = self.unet.config.sample_size
+        shape = (len(prompts), self.unet.config.in_channels, size, size)  # (N, 4, 8, 8)
         out = sample(  # 2-4: random latent, then predict the noise, guide, step, repeat
-            self.unet, make_sampler(sampler, self.schedule, clip_sample=None), (len(prompts), self.unet.config.in_channels,
-                                                                                 size, size),
+            self.unet, make_sampler(sampler, self.schedule, clip_sample=None), shape,
             num_steps=num_steps, generator=generator, cond={"context": context, "context_mask": mask},
             uncond={"context": neg_context, "context_mask": neg_mask}, guidance_scale=guidance_scale,
             keep_every=keep_every, progress=progress, device=self.device)
