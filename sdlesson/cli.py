@@ -140,9 +140,9 @@ def generate(args, parser) -> None:
     if not out.parent.is_dir():
         parser.error(f"--out: folder {str(out.parent)!r} does not exist")
     tokenizer = pre.SCENE_CLIP.tokenizer()
-    for text in (args.prompt, args.negative):
+    for text in filter(None, (args.prompt, args.negative)):
         try:
-            text is not None and tokenizer(text)
+            tokenizer(text)  # unknown words are named now, before any model loads
         except ValueError as e:
             parser.error(str(e))
     pipe = TextToImage.from_pretrained(device=pick_device(args.device))

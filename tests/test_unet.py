@@ -117,3 +117,22 @@ def test_config_validates_itself():
         UNetConfig(block_channels=(32, 64), attention_levels=(False,))
     with pytest.raises(ValueError, match="divisible by 2\\*\\*\\(levels-1\\) = 4"):
         UNetConfig(sample_size=30)
+
+
+def test_cross_attention_can_keep_its_weights_for_plots():
+    from sdlesson.unet import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(16, head_dim=8, context_dim=6)
+    x, context = torch.randn(2, 4, 16), torch.randn(2, 5, 6)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    out = attn(x, context, mask)
+    assert attn.weights is None  # off by default: nothing is stored
+    attn.keep_weights = True
+    assert torch.equal(attn(x, context, mask), out)  # keeping the weights changes nothing
+    w = attn.weights  # (B, heads, positions, tokens)
+    assert w.shape == (2, 2, 4, 5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 2, 4))
+    assert (w[1, :, :, 3:] == 0).all()  # masked tokens get no attention
+    v = attn.to_v(context).view(2, 5, 2, 8).transpose(1, 2)
+    torch.testing.assert_close(attn.to_out((w @ v).transpose(1, 2).reshape(2, 4, 16)), out, atol=1e-5, rtol=1e-5)
