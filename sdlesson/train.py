@@ -220,6 +220,10 @@ class Trainer:
         saved = meta.get("train_config")
         if saved is None:
             raise ValueError(f"{path} holds weights only, not a training state to resume from")
+        try:  # a file from before a field was added holds no value for it: the field's default is what it ran with
+            saved = json.loads(json.dumps(asdict(TrainConfig(**saved))))
+        except TypeError as e:
+            raise ValueError(f"{path} holds a TrainConfig this version cannot read ({e})") from None
         if json.loads(json.dumps(asdict(self.config))) | free != saved | free:
             raise ValueError(f"{path} was trained with a different TrainConfig {saved}; "
                              "resume with the same settings (only steps and checkpoint_every may change)")

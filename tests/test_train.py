@@ -86,6 +86,30 @@ def test_resume_refuses_a_different_train_config(tmp_path):
                 torch.zeros(16, 1, 8, 8), TrainConfig(steps=6, batch_size=8), device="cpu", checkpoint_path=path)
 
 
+def test_resume_reads_a_file_from_before_a_config_field_existed(tmp_path):
+    """A run saved before TrainConfig gained a field (lr_schedule, say) resumes: the field's default is what it ran with."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "run.safetensors"
+    small_trainer(path, steps=3).fit()
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    old = json.loads(meta["train_config"])
+    del old["lr_schedule"]
+    save_file(tensors, str(path), metadata=meta | {"train_config": json.dumps(old)})
+    trainer = small_trainer(path, steps=6)
+    assert trainer.step == 3
+    trainer.fit()
+    assert trainer.step == 6
+    old["no_such_setting"] = 1
+    save_file(tensors, str(path), metadata=meta | {"train_config": json.dumps(old)})
+    with pytest.raises(ValueError, match="cannot read"):
+        small_trainer(path, steps=6)
+
+
 def test_pick_device_prefers_an_explicit_choice():
     assert pick_device("cpu").type == "cpu"
     assert pick_device().type in ("cuda", "mps", "cpu")
