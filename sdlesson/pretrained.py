@@ -23,7 +23,7 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 SILHOUETTE_SCHEDULE = "linear"
 SILHOUETTE_UNET = UNetConfig(in_channels=1, sample_size=28, block_channels=(16, 32, 64),
                              attention_levels=(False, False, True), attention_head_dim=32, norm_groups=8)
-SILHOUETTE_TRAIN = TrainConfig(steps=8000, batch_size=64, lr=7e-4, warmup_steps=200, ema_decay=0.999)
+SILHOUETTE_TRAIN = TrainConfig(steps=12000, batch_size=64, lr=7e-4, warmup_steps=200, ema_decay=0.999)
 SILHOUETTE_CLASSIFIER = ClassifierConfig(in_channels=1, num_classes=10, channels=(16, 32, 64), feature_dim=64)
 SILHOUETTE_CLASSIFIER_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.99)
 
