@@ -10,7 +10,7 @@ from . import pretrained as pre
 from .classifier import extract_features, predict
 from .data import SILHOUETTE_CLASSES, load_silhouettes
 from .metrics import class_histogram, frechet_distance
-from .samplers import DDIMSampler, DDPMSampler, sample
+from .samplers import make_sampler, sample
 from .schedule import NoiseSchedule
 
 
@@ -27,21 +27,23 @@ def silhouette_fd_floor(classifier, num: int = 1000, *, seed: int = 0) -> float:
     return frechet_distance(extract_features(classifier, a), extract_features(classifier, b))
 
 
+def sample_in_batches(model, sampler, num: int, sample_shape: tuple, *, num_steps: int, seed: int,
+                      batch_size: int = 250) -> torch.Tensor:
+    """`num` samples of `sample_shape`, drawn `batch_size` at a time from one seeded generator, on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([sample(model, sampler, (min(batch_size, num - i), *sample_shape), num_steps=num_steps,
+                             generator=g, progress=False).cpu() for i in range(0, num, batch_size)])
+
+
 @torch.no_grad()
 def evaluate_silhouette_unet(*, device="cpu", num_samples: int = 1000, num_steps: int | None = None,
                              sampler: str = "ddim", seed: int = 0) -> dict:
     num_steps = num_steps or 100
     unet = pre.load_pretrained("silhouette_unet", device=device)
     classifier = pre.load_pretrained("silhouette_classifier", device=device)
-    schedule = NoiseSchedule(pre.SILHOUETTE_SCHEDULE)
-    sampler_obj = DDIMSampler(schedule) if sampler == "ddim" else DDPMSampler(schedule)
-    g = torch.Generator().manual_seed(seed)
+    sampler_obj = make_sampler(sampler, NoiseSchedule(pre.SILHOUETTE_SCHEDULE))
     start = time.perf_counter()
-    samples = torch.cat([
-        sample(unet, sampler_obj, (min(250, num_samples - i), 1, 28, 28), num_steps=num_steps, generator=g,
-               progress=False).cpu()
-        for i in range(0, num_samples, 250)
-    ])
+    samples = sample_in_batches(unet, sampler_obj, num_samples, (1, 28, 28), num_steps=num_steps, seed=seed)
     seconds = time.perf_counter() - start
     test, _ = load_silhouettes("test")
     n = min(num_samples, len(test))
@@ -159,10 +161,10 @@ def scene_quality(judge, samples: torch.Tensor, reference: torch.Tensor, floor_r
     Fréchet distance in the judge's features to real scenes, beside the real-vs-real floor at the same N."""
     _, confidence = judge_scenes(judge, samples)
     n = len(samples)
-    features = extract_features(judge, samples)
+    real = extract_features(judge, reference[:n])
     return {"clean": (confidence.min(1).values >= CONFIDENT).float().mean().item(),
-            "fd": frechet_distance(features, extract_features(judge, reference[:n])),
-            "floor": frechet_distance(extract_features(judge, floor_reference[:n]), extract_features(judge, reference[:n]))}
+            "fd": frechet_distance(extract_features(judge, samples), real),
+            "floor": frechet_distance(extract_features(judge, floor_reference[:n]), real)}
 
 
 @torch.no_grad()
@@ -171,18 +173,14 @@ def evaluate_scene_latent_unet(*, device="cpu", num_samples: int = 1000, num_ste
     """Unconditional latent samples, decoded, judged: clean-scene share and Fréchet distance in judge features."""
     num_steps = num_steps or 50
     from .latents import decode_latents
-    from .samplers import make_sampler
     from .scenes import make_scenes
 
     unet = pre.load_pretrained("scene_latent_unet", device=device)
     vae = pre.load_pretrained("scene_vae", device=device)
     judge = pre.load_pretrained("scene_judge", device=device)
-    g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    latents = torch.cat([
-        sample(unet, make_sampler(sampler, NoiseSchedule(pre.SCENE_SCHEDULE), clip_sample=None),
-               (min(250, num_samples - i), 4, 8, 8), num_steps=num_steps, generator=g, progress=False).cpu()
-        for i in range(0, num_samples, 250)])
+    sampler_obj = make_sampler(sampler, NoiseSchedule(pre.SCENE_SCHEDULE), clip_sample=None)
+    latents = sample_in_batches(unet, sampler_obj, num_samples, (4, 8, 8), num_steps=num_steps, seed=seed)
     samples = decode_latents(vae, latents, pre.scene_latent_scale())
     seconds = time.perf_counter() - start
     reference = make_scenes(num_samples, seed=pre.SCENE_TEST_SEED)[0]  # new scenes of the training pairs

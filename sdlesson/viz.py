@@ -232,10 +232,11 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
     def render(index, decoder, noise):
         vae = vaes[decoder]
         x = to_float(images[index:index + 1])
+        device = next(vae.parameters()).device
         with torch.no_grad():
-            z = vae.encode(x).mode()
-            z = z + noise * z.std() * torch.randn(z.shape, generator=torch.Generator().manual_seed(index))
-            recon = vae.decode(z).clamp(-1, 1)
+            z = vae.encode(x.to(device)).mode()
+            z = z + noise * z.std() * torch.randn(z.shape, generator=torch.Generator().manual_seed(index)).to(device)
+            recon = vae.decode(z).clamp(-1, 1).cpu()
         error = ((recon - x).abs() * 4 - 1).clamp(-1, 1)  # |x − x̂|, brightened 4×
         caption = f"scene {index}, {decoder}, latent noise {noise:.2f}·std: PSNR {psnr(recon, x).item():.1f} dB"
         return image_grid(torch.cat([x, recon, error]), nrow=3, pad=2), caption
