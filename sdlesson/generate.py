@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from . import pretrained as pre
+from .checks import check_device, check_number, check_seed
 from .latents import decode_latents
 from .samplers import make_sampler, sample
 from .schedule import NoiseSchedule
@@ -35,6 +36,7 @@ class TextToImage:
 
     @classmethod
     def from_pretrained(cls, *, device="cpu") -> "TextToImage":
+        device = check_device(device)
         return cls(pre.load_pretrained("scene_clip", device=device), pre.load_pretrained("scene_text_unet", device=device),
                    pre.load_pretrained("scene_vae", device=device), latent_scale=pre.scene_latent_scale())
 
@@ -54,8 +56,8 @@ class TextToImage:
         prompts = [prompt] * self._check_count(num_images) if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise TypeError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        guidance_scale = check_number("guidance_scale", guidance_scale, low=0)
+        seed = check_seed(seed)
         context, mask = self.encode(prompts)  # 1. (N, 16, 64), (N, 16)
         neg_context, neg_mask = self.encode([negative_prompt or ""] * len(prompts))
         generator = torch.Generator().manual_seed(seed) if seed is not None else None

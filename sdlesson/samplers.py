@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_number
 from .schedule import NoiseSchedule
 
 
@@ -23,7 +24,11 @@ class Sampler:
     """What DDPM and DDIM share: a subset of the training timesteps and the ε -> x̂_0 estimate."""
 
     def __init__(self, schedule: NoiseSchedule, *, clip_sample: float | None = 1.0):
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        if clip_sample is not None:  # None: no clamping (latents); else x̂_0 is clamped to [-c, c], c > 0
+            clip_sample = check_number("clip_sample", clip_sample, low=0, low_open=True)
         self.clip_sample = clip_sample  # clamp the x̂_0 estimate to [-c, c]: pixels live in [-1, 1]; None for latents
         self.set_timesteps(schedule.num_timesteps)
 
@@ -94,9 +99,7 @@ class DDIMSampler(Sampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, *, eta: float = 0.0, clip_sample: float | None = 1.0):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.eta = eta
+        self.eta = check_number("eta", eta, low=0)
         super().__init__(schedule, clip_sample=clip_sample)
 
     def step(self, model_output, t, x, *, generator=None):
@@ -129,8 +132,9 @@ def sample(model, sampler: Sampler, shape, *, num_steps: int = 50, generator: to
     cond / uncond: keyword arguments for the model (e.g. {"class_labels": y}); with guidance_scale != 1 the model is
     run on both and ε̂ = ε̂_uncond + s (ε̂_cond - ε̂_uncond) (classifier-free guidance).
     """
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    guidance_scale = check_number("guidance_scale", guidance_scale, low=0)
+    if guidance_scale != 1.0 and uncond is None and cond:
+        raise ValueError("guidance_scale != 1 needs `uncond` (the model's keyword arguments without the condition)")
     device = device or next(model.parameters()).device
     sampler.set_timesteps(num_steps)
     model.eval()

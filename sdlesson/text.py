@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -59,7 +60,11 @@ class Tokenizer:
             known = " ".join(self.vocab[3:])
             raise ValueError(f"unknown word(s) {', '.join(map(repr, dict.fromkeys(unknown)))} in {prompt!r}; "
                              f"the text encoder knows only: {known}")
-        return words[: self.max_length - 2]  # truncated, like CLIP at 77 tokens
+        keep = self.max_length - 2  # <bos> and <eos> take two places
+        if len(words) > keep:  # truncated, like CLIP at 77 tokens — but never silently: the meaning changes
+            warnings.warn(f"prompt {prompt!r} has {len(words)} words; the text encoder reads only the first {keep}, "
+                          f"so {' '.join(words[keep:])!r} is dropped", stacklevel=3)
+        return words[:keep]
 
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt(s) -> ids (B, max_length) long, mask (B, max_length) bool (True on <bos>, the words and <eos>)."""

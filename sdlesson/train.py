@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from .checks import check_device, check_number
 from .schedule import NoiseSchedule
 
 
 def pick_device(device=None) -> torch.device:
     """The given device, else the best available: cuda, then mps, then cpu."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -60,6 +61,13 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
+        check_number("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.warmup_steps < 0 or self.checkpoint_every < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and checkpoint_every >= 1, got {self.warmup_steps} and "
+                             f"{self.checkpoint_every}")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -85,7 +93,7 @@ class DiffusionLoss:
 
     def __init__(self, schedule: NoiseSchedule, *, p_uncond: float = 0.0):
         self.schedule = schedule
-        self.p_uncond = p_uncond
+        self.p_uncond = check_number("p_uncond", p_uncond, low=0, high=1)  # the share of dropped conditions
 
     def __call__(self, model, batch, generator: torch.Generator) -> torch.Tensor:
         x0 = batch[0]
@@ -132,6 +140,8 @@ class Trainer:
         data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
         if not data or any(len(d) != len(data[0]) for d in data):
             raise ValueError("data must be a tensor, or a tuple of tensors with the same first dimension")
+        if len(data[0]) == 0:
+            raise ValueError("data is empty: the Trainer needs at least one example to draw batches from")
         self.data = tuple(d.to(self.device) for d in data)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)

@@ -256,11 +256,14 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c_in)
         self.conv_out = nn.Conv2d(c_in, cfg.out_channels, 3, padding=1)
 
-    def _check_inputs(self, x, t, class_labels, context):
+    def _check_inputs(self, x, t, class_labels, context, context_mask=None):
         cfg = self.config
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected floating-point images, got dtype {x.dtype} (uint8 images: "
+                            "sdlesson.data.to_float maps 0…255 to [-1, 1])")
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
@@ -277,8 +280,20 @@ class UNet(nn.Module):
             raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
         if context is not None and cfg.context_dim is None:
             raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
+        if context is None and cfg.context_dim is not None:
+            raise ValueError(f"this UNet is text-conditioned (context_dim={cfg.context_dim}): pass context=(B, L, "
+                             f"{cfg.context_dim}) token embeddings; for an unconditional prediction, pass the empty "
+                             "prompt's embeddings, as classifier-free guidance does")
         if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
             raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        if context is not None and context.shape[0] != x.shape[0]:
+            raise ValueError(f"context must have one row per image: batch {x.shape[0]}, got context of shape "
+                             f"{tuple(context.shape)}")
+        if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])
+                                         or context_mask.dtype != torch.bool):
+            raise ValueError(f"context_mask must be a bool tensor of shape (B, L) = "
+                             f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
+                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
         return t
 
     def forward(self, x, t, *, class_labels=None, context=None, context_mask=None):
@@ -287,7 +302,7 @@ class UNet(nn.Module):
         class_labels: (B,) ints, num_classes meaning "no class"; context: (B, L, context_dim) token embeddings,
         context_mask: (B, L) bool, True where a token is real.
         """
-        t = self._check_inputs(x, t, class_labels, context)
+        t = self._check_inputs(x, t, class_labels, context, context_mask)
         emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row

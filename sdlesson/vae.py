@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_float_tensor, check_pixel_range
 from .data import to_float
 from .unet import Downsample, Upsample  # the same resampling layers as the noise predictor
 
@@ -213,14 +214,23 @@ class VAE(nn.Module):
         self.decoder = Decoder(config)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """Images (B, 3, H, W) in [-1, 1] -> a Gaussian over latents (B, 4, H/8, W/8)."""
+        """Images (B, 3, H, W) in [-1, 1] (or uint8 in 0 … 255, converted) -> a Gaussian over latents (B, 4, H/8, W/8).
+
+        Float pixels far outside [-1, 1] (0 … 255 floats, say) are refused in eval mode, where a learner calls this;
+        in training mode the value check is skipped, so a training step never waits on it.
+        """
         cfg, f = self.config, self.config.downsample_factor
+        if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+            x = to_float(x)  # 0 … 255 -> [-1, 1]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != cfg.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"height and width must be multiples of {f} (the VAE's downsampling factor), "
                              f"got {tuple(x.shape[2:])}")
+        check_float_tensor("images", x)
+        if not self.training:
+            check_pixel_range("images", x)
         return DiagonalGaussian(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -229,6 +239,7 @@ class VAE(nn.Module):
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != c:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"expected latents of shape (B, {c}, h, w), got {shape}")
+        check_float_tensor("latents", z)
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
