@@ -16,6 +16,7 @@ DistributedDataParallel, one process per GPU (or several on a CPU), on the same 
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import functools
 import os
@@ -127,40 +128,70 @@ def evaluate(args) -> None:
 
 def generate(args, parser) -> None:
     """Check every argument before loading a model, so a mistake costs no time and says what was expected."""
-    from .generate import TextToImage
+    from .checks import check_device
+    from .generate import DEFAULT_GUIDANCE, SD_GUIDANCE, SD_STEPS, TextToImage
     from .viz import image_grid, to_png
 
     if not args.prompt.strip():
         parser.error('the prompt is empty; give one such as "a small dog face in the top left on a green background"')
-    if not 1 <= args.num_steps <= 1000:
-        parser.error(f"--num-steps must be from 1 to 1000 (the training timesteps), got {args.num_steps}")
-    if args.guidance < 0:
-        parser.error(f"--guidance must be >= 0 (1 = no guidance, 3 = the default), got {args.guidance}")
+    sd = args.model is not None
+    num_steps = args.num_steps if args.num_steps is not None else (SD_STEPS if sd else 25)
+    guidance = args.guidance if args.guidance is not None else (SD_GUIDANCE if sd else DEFAULT_GUIDANCE)
+    if not 1 <= num_steps <= 1000:
+        parser.error(f"--num-steps must be from 1 to 1000 (the training timesteps), got {num_steps}")
+    if not math.isfinite(guidance) or guidance < 0:
+        parser.error(f"--guidance must be a finite number >= 0 (1 = no guidance), got {guidance}")
     if not 1 <= args.num_images <= 64:
         parser.error(f"--num-images must be from 1 to 64, got {args.num_images}")
     if args.zoom < 1:
         parser.error(f"--zoom must be >= 1, got {args.zoom}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (not sd or value < 64 or value % 64):
+            parser.error(f"--{name} applies to --model (Stable Diffusion) and must be a multiple of 64, got {value}"
+                         if sd else f"--{name} applies only with --model: the course's models make 64×64 scenes")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         parser.error(f"--out must name a .png file, got {args.out!r}")
     if not out.parent.is_dir():
         parser.error(f"--out: folder {str(out.parent)!r} does not exist")
-    tokenizer = pre.SCENE_CLIP.tokenizer()
-    for text in filter(None, (args.prompt, args.negative)):
-        try:
-            tokenizer(text)  # unknown words are named now, before any model loads
-        except ValueError as e:
-            parser.error(str(e))
-    pipe = TextToImage.from_pretrained(device=pick_device(args.device))
-    images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=args.num_steps,
-                  guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler)
-    out.write_bytes(to_png(image_grid(images, nrow=args.nrow), scale=args.zoom))
-    print(f"wrote {out}: {args.num_images} image(s) of 64×64 for {args.prompt!r}")
+    device = check_device(args.device) if args.device else pick_device()
+    if sd:
+        if not Path(args.model).exists():
+            parser.error(f"--model: no Stable Diffusion weights at {args.model!r} (a diffusers folder with unet/, "
+                         "vae/, text_encoder/, tokenizer/, or a single .safetensors file)")
+        pipe = TextToImage.from_stable_diffusion(args.model, device=device)
+        if device.type == "cpu":
+            print("Stable Diffusion on a CPU takes minutes per 512×512 image at 50 steps (two UNet passes a step, "
+                  "guidance); fewer --num-steps or a smaller --height/--width cost less", file=sys.stderr)
+    else:
+        tokenizer = pre.SCENE_CLIP.tokenizer()
+        for text in filter(None, (args.prompt, args.negative)):
+            try:
+                tokenizer(text)  # unknown words are named now, before any model loads
+            except ValueError as e:
+                parser.error(str(e))
+        pipe = TextToImage.from_pretrained(device=device)
+    images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=num_steps,
+                  guidance_scale=guidance, seed=args.seed, sampler=args.sampler, height=args.height, width=args.width)
+    grid = image_grid(images, nrow=args.nrow, pad=1 if len(images) > 1 else 0)  # one image: written as it is
+    out.write_bytes(to_png(grid, scale=args.zoom if not sd else 1))
+    side = f"{images.shape[-2]}×{images.shape[-1]}"
+    print(f"wrote {out}: {args.num_images} image(s) of {side} for {args.prompt!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Mistakes on the command line: one line and exit status 2 (argparse's own status), no usage dump, no traceback."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdlesson", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="python -m sdlesson", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     names = ", ".join(recipes.RECIPES)
 
     p = sub.add_parser("train", help="train a shipped checkpoint from its recipe (resumes where a run stopped)")
@@ -182,14 +213,15 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, help="scene_text_unet: the guidance scale (default: the generate default)")
     p.set_defaults(func=evaluate)
 
-    from .generate import DEFAULT_GUIDANCE
-
-    p = sub.add_parser("generate", help="text to image with the shipped models, written to a PNG")
+    p = sub.add_parser("generate", help="text to image with the shipped models (or SD weights), written to a PNG")
     p.add_argument("prompt", help='e.g. "a small dog face in the top left on a green background"')
+    p.add_argument("--model", help="Stable Diffusion v1.x weights: a diffusers folder or a single .safetensors file "
+                                   "(default: the course's own scene models)")
     p.add_argument("--negative", help="negative prompt: what guidance steers away from")
-    p.add_argument("--num-steps", type=int, default=25, help="sampling steps (default: 25)")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default: {DEFAULT_GUIDANCE})")
+    p.add_argument("--num-steps", type=int, help="sampling steps (default: 25; 50 with --model)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 3; 7.5 with --model)")
+    p.add_argument("--height", type=int, help="with --model: image height, a multiple of 64 (default: 512)")
+    p.add_argument("--width", type=int, help="with --model: image width, a multiple of 64 (default: 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", "--num-images", type=int, default=4, help="(default: 4)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
@@ -202,6 +234,6 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:  # a bad name or setting, found by the library: one line, exit status 2, as argparse does
+    except (ValueError, TypeError, FileNotFoundError) as e:  # found by the library: one line, exit status 2
         print(f"python -m sdlesson {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -217,3 +217,34 @@ def test_uint8_images_are_converted_by_the_vae_encoder(models):
 
     a, b = models["vae"].encode(images).mean, models["vae"].encode(to_float(images)).mean
     torch.testing.assert_close(a, b)
+
+
+CLI_CASES = [  # (argv, message fragment): each exits with status 2 and one line on stderr, before any model loads
+    (["generate", ""], "the prompt is empty"),
+    (["generate", PROMPT, "--num-steps", "0"], "--num-steps must be from 1 to 1000"),
+    (["generate", PROMPT, "--guidance", "nan"], "--guidance must be a finite number"),
+    (["generate", PROMPT, "-n", "0"], "--num-images must be from 1 to 64"),
+    (["generate", PROMPT, "--seed", "-3"], "--seed must be >= 0"),
+    (["generate", PROMPT, "--out", "x.jpg"], "--out must name a .png file"),
+    (["generate", PROMPT, "--out", "/no/such/folder/x.png"], "does not exist"),
+    (["generate", PROMPT, "--device", "tpu"], "device must be one of"),
+    (["generate", "a red cat"], "unknown word(s) 'red'"),
+    (["generate", PROMPT, "--height", "128"], "--height applies only with --model"),
+    (["generate", PROMPT, "--model", "/no/such/weights"], "no Stable Diffusion weights at"),
+    (["generate", PROMPT, "--sampler", "euler"], "invalid choice: 'euler'"),
+    (["generate", PROMPT, "--num-steps", "ten"], "invalid int value: 'ten'"),
+    (["train", "sd15"], "unknown model 'sd15'"),
+    (["evaluate", "scene_vae", "--sampler", "ddpm"], "does not use --sampler"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv, fragment", CLI_CASES, ids=[" ".join(a)[:60] for a, _ in CLI_CASES])
+def test_command_line_mistakes_exit_2_with_one_line(argv, fragment, capsys):
+    from sdlesson.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err

@@ -96,7 +96,7 @@ def test_unknown_words_and_non_strings(tiny_pipe):
     ([], "the following arguments are required: prompt"),
     (["  "], "the prompt is empty"),
     ([PROMPT, "--num-steps", "0"], "--num-steps must be from 1 to 1000"),
-    ([PROMPT, "--guidance", "-2"], "--guidance must be >= 0"),
+    ([PROMPT, "--guidance", "-2"], "--guidance must be a finite number >= 0"),
     ([PROMPT, "-n", "0"], "--num-images must be from 1 to 64"),
     ([PROMPT, "--out", "/no/such/folder/x.png"], "folder '/no/such/folder' does not exist"),
     ([PROMPT, "--out", "x.jpg"], "must name a .png file"),

@@ -69,3 +69,16 @@ def test_sd_defaults_are_sds(pipelines):
     assert ours.image_size == 32  # the tiny snapshot: 16×16 latents × f = 2
     with pytest.raises(ValueError, match="multiples of 2"):
         ours(PROMPT, num_images=1, num_steps=1, height=33)
+
+
+def test_generate_command_with_sd_weights(tmp_path, capsys):
+    from PIL import Image
+
+    from sdlesson.cli import main
+
+    folder = write_snapshot(tmp_path / "sd", reference_models())
+    out = tmp_path / "sd.png"
+    main(["generate", "a photo of a cat", "--model", str(folder), "-n", "1", "--num-steps", "2", "--height", "64",
+          "--width", "128", "--out", str(out)])
+    assert Image.open(out).size == (128, 64)
+    assert "1 image(s) of 64×128" in capsys.readouterr().out
