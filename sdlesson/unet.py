@@ -26,7 +26,10 @@ class UNetConfig:
     block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels
     layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up)
     attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels
-    attention_head_dim: int = 32
+    attention_head_dim: int = 32  # heads = channels // attention_head_dim, unless attention_heads is set
+    attention_heads: int | None = None  # a fixed head count at every level (SD v1.5: 8, so head dims 40/80/160)
+    attention_block: str = "simple"  # "simple": GroupNorm + self-attn (+ cross-attn); "transformer": SD's block
+    attention_bias: bool = True  # biases on q, k, v (SD's transformer: none; the output projection keeps its bias)
     norm_groups: int = 32
     dropout: float = 0.0
     num_classes: int | None = None  # class conditioning: an embedding added to the time embedding
@@ -37,6 +40,8 @@ class UNetConfig:
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if self.out_channels is None:
             self.out_channels = self.in_channels
+        if self.attention_block not in ("simple", "transformer"):
+            raise ValueError(f"attention_block must be 'simple' or 'transformer', got {self.attention_block!r}")
         if len(self.attention_levels) != len(self.block_channels):
             raise ValueError(
                 f"attention_levels needs one entry per level ({len(self.block_channels)}), "
@@ -86,12 +91,13 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention; keys and values come from `context` when given (cross-attention)."""
 
-    def __init__(self, dim: int, *, head_dim: int, context_dim: int | None = None):
+    def __init__(self, dim: int, *, head_dim: int, context_dim: int | None = None, heads: int | None = None,
+                 bias: bool = True):
         super().__init__()
-        self.heads = max(1, dim // head_dim)
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(context_dim or dim, dim)
-        self.to_v = nn.Linear(context_dim or dim, dim)
+        self.heads = heads or max(1, dim // head_dim)
+        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=bias)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=bias)
         self.to_out = nn.Linear(dim, dim)
         self.keep_weights = False  # set True to keep the attention weights of the next call in .weights, for plots
         self.weights: torch.Tensor | None = None
@@ -113,14 +119,16 @@ class Attention(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H·W positions, then cross-attention to the text tokens if configured."""
 
-    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None):
+    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None,
+                 heads: int | None = None, bias: bool = True):
         super().__init__()
+        kw = dict(head_dim=head_dim, heads=heads, bias=bias)
         self.norm = nn.GroupNorm(groups, channels)
-        self.self_attn = Attention(channels, head_dim=head_dim)
+        self.self_attn = Attention(channels, **kw)
         self.cross_attn = None
         if context_dim is not None:
             self.cross_norm = nn.LayerNorm(channels)
-            self.cross_attn = Attention(channels, head_dim=head_dim, context_dim=context_dim)
+            self.cross_attn = Attention(channels, context_dim=context_dim, **kw)
 
     def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -131,12 +139,48 @@ class AttentionBlock(nn.Module):
         return h.transpose(1, 2).reshape(B, C, H, W)
 
 
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
+class TransformerBlock(nn.Module):
+    """Stable Diffusion's spatial transformer (diffusers' Transformer2DModel with one BasicTransformerBlock).
+
+    x ─ GroupNorm ─ conv 1×1 ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU MLP(LN)
+      ─ conv 1×1 ─ + x.   Where AttentionBlock has one attention layer, this has a small transformer layer.
+    """
+
+    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None,
+                 heads: int | None = None, bias: bool = False):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)  # (H, W) -> (H/2, W/2)
+        kw = dict(head_dim=head_dim, heads=heads, bias=bias)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)  # SD's eps here
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.norm1 = nn.LayerNorm(channels)
+        self.self_attn = Attention(channels, **kw)
+        self.norm2 = nn.LayerNorm(channels)
+        self.cross_attn = Attention(channels, context_dim=context_dim, **kw)  # without context: attends to itself
+        self.norm3 = nn.LayerNorm(channels)
+        self.ff_in = nn.Linear(channels, 8 * channels)  # GEGLU: value and gate, 4C each
+        self.ff_out = nn.Linear(4 * channels, channels)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H·W, C)
+        h = h + self.self_attn(self.norm1(h))
+        h = h + self.cross_attn(self.norm2(h), context, context_mask)  # keys, values: (B, L, context_dim)
+        value, gate = self.ff_in(self.norm3(h)).chunk(2, dim=-1)  # 2 × (B, H·W, 4C)
+        h = h + self.ff_out(value * F.gelu(gate))  # GEGLU: value · GELU(gate)
+        return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, *, pad_right: bool = False):
+        super().__init__()
+        # pad_right: SD's VAE pads one pixel on the right and bottom only, then convolves without padding.
+        self.pad_right = pad_right
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if pad_right else 1)  # (H, W) -> (H/2, W/2)
 
     def forward(self, x):
+        if self.pad_right:
+            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 
@@ -166,8 +210,10 @@ class UNet(nn.Module):
         ch = cfg.block_channels
         emb_dim = 4 * ch[0]
         kw = dict(groups=cfg.norm_groups, dropout=cfg.dropout)
-        attn = lambda c: AttentionBlock(  # noqa: E731
-            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, context_dim=cfg.context_dim
+        block = TransformerBlock if cfg.attention_block == "transformer" else AttentionBlock
+        attn = lambda c: block(  # noqa: E731
+            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, context_dim=cfg.context_dim,
+            heads=cfg.attention_heads, bias=cfg.attention_bias,
         )
 
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -239,7 +285,7 @@ class UNet(nn.Module):
         context_mask: (B, L) bool, True where a token is real.
         """
         t = self._check_inputs(x, t, class_labels, context)
-        emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
+        emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]).to(x.dtype))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row
                 class_labels = torch.full_like(t, self.config.num_classes)

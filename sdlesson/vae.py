@@ -40,6 +40,9 @@ class VAEConfig:
     sample_size: int = 64  # the training images' side; any multiple of the downsampling factor works
     patch_size: int = 4  # p×p pixels folded into channels before conv_in (1: SD's layout, (32, 64, 128, 128) say)
     mid_attention: bool = True  # self-attention over the latent-resolution positions in the mid blocks
+    norm_eps: float = 1e-5  # every GroupNorm's ε (SD: 1e-6)
+    asymmetric_downsample: bool = False  # SD: pad one pixel right and bottom, then a stride-2 conv without padding
+    quant_conv: bool = False  # SD: 1×1 convs on the moments after the encoder (8 -> 8) and on z before the decoder
 
     def __post_init__(self):
         self.block_channels = tuple(self.block_channels)
@@ -90,11 +93,11 @@ class DiagonalGaussian:
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv, twice; a residual connection around it. The UNet's, without the time embedding."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, *, groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -107,9 +110,9 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """One-head self-attention over the H·W positions, as in SD's VAE mid block: each position sees every other."""
 
-    def __init__(self, channels: int, *, groups: int):
+    def __init__(self, channels: int, *, groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
@@ -124,11 +127,11 @@ class SelfAttention(nn.Module):
 class MidBlock(nn.Module):
     """ResBlock, self-attention, ResBlock at the latent resolution."""
 
-    def __init__(self, channels: int, *, groups: int, attention: bool):
+    def __init__(self, channels: int, *, groups: int, attention: bool, eps: float = 1e-5):
         super().__init__()
-        self.res1 = ResBlock(channels, channels, groups=groups)
-        self.attn = SelfAttention(channels, groups=groups) if attention else nn.Identity()
-        self.res2 = ResBlock(channels, channels, groups=groups)
+        self.res1 = ResBlock(channels, channels, groups=groups, eps=eps)
+        self.attn = SelfAttention(channels, groups=groups, eps=eps) if attention else nn.Identity()
+        self.res2 = ResBlock(channels, channels, groups=groups, eps=eps)
 
     def forward(self, x):
         return self.res2(self.attn(self.res1(x)))
@@ -143,13 +146,13 @@ class Encoder(nn.Module):
         layers, c_in = [], ch[0]
         for i, c in enumerate(ch):
             for _ in range(cfg.layers_per_block):
-                layers.append(ResBlock(c_in, c, groups=g))
+                layers.append(ResBlock(c_in, c, groups=g, eps=cfg.norm_eps))
                 c_in = c
             if i < len(ch) - 1:
-                layers.append(Downsample(c_in))
+                layers.append(Downsample(c_in, pad_right=cfg.asymmetric_downsample))
         self.down = nn.Sequential(*layers)
-        self.mid = MidBlock(c_in, groups=g, attention=cfg.mid_attention)
-        self.norm_out = nn.GroupNorm(g, c_in)
+        self.mid = MidBlock(c_in, groups=g, attention=cfg.mid_attention, eps=cfg.norm_eps)
+        self.norm_out = nn.GroupNorm(g, c_in, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c_in, 2 * cfg.latent_channels, 3, padding=1)  # mean and log-variance
 
     def forward(self, x):  # (B, 3, H, W)
@@ -163,16 +166,16 @@ class Decoder(nn.Module):
         super().__init__()
         ch, p, g = cfg.block_channels, cfg.patch_size, cfg.norm_groups
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
-        self.mid = MidBlock(ch[-1], groups=g, attention=cfg.mid_attention)
+        self.mid = MidBlock(ch[-1], groups=g, attention=cfg.mid_attention, eps=cfg.norm_eps)
         layers, c_in = [], ch[-1]
         for i in reversed(range(len(ch))):
             for _ in range(cfg.layers_per_block + 1):
-                layers.append(ResBlock(c_in, ch[i], groups=g))
+                layers.append(ResBlock(c_in, ch[i], groups=g, eps=cfg.norm_eps))
                 c_in = ch[i]
             if i > 0:
                 layers.append(Upsample(c_in))
         self.up = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(g, c_in)
+        self.norm_out = nn.GroupNorm(g, c_in, eps=cfg.norm_eps)
         self.conv_out = nn.Conv2d(c_in, cfg.in_channels * p * p, 3, padding=1)
         self.unpatchify = nn.PixelShuffle(p) if p > 1 else nn.Identity()  # (3·p², H/p, W/p) -> (3, H, W)
 
@@ -190,6 +193,9 @@ class VAE(nn.Module):
         self.config = config = config or VAEConfig()
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        if config.quant_conv:  # SD's: a 1×1 conv on (mean, logvar), and one on z before decoding
+            self.quant_conv = nn.Conv2d(2 * config.latent_channels, 2 * config.latent_channels, 1)
+            self.post_quant_conv = nn.Conv2d(config.latent_channels, config.latent_channels, 1)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """Images (B, 3, H, W) in [-1, 1] -> a Gaussian over latents (B, 4, H/8, W/8)."""
@@ -200,7 +206,10 @@ class VAE(nn.Module):
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"height and width must be multiples of {f} (the VAE's downsampling factor), "
                              f"got {tuple(x.shape[2:])}")
-        return DiagonalGaussian(self.encoder(x))
+        moments = self.encoder(x)  # (B, 2·4, H/8, W/8)
+        if self.config.quant_conv:
+            moments = self.quant_conv(moments)
+        return DiagonalGaussian(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, 4, h, w) -> images (B, 3, 8h, 8w), roughly in [-1, 1] (not clamped)."""
@@ -208,6 +217,8 @@ class VAE(nn.Module):
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != c:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"expected latents of shape (B, {c}, h, w), got {shape}")
+        if self.config.quant_conv:
+            z = self.post_quant_conv(z)
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
