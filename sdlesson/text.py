@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -59,7 +60,11 @@ class Tokenizer:
             known = " ".join(self.vocab[3:])
             raise ValueError(f"unknown word(s) {', '.join(map(repr, dict.fromkeys(unknown)))} in {prompt!r}; "
                              f"the text encoder knows only: {known}")
-        return words[: self.max_length - 2]  # truncated, like CLIP at 77 tokens
+        keep = self.max_length - 2  # <bos> and <eos> take two places
+        if len(words) > keep:  # truncated, like CLIP at 77 tokens — but never silently: the meaning changes
+            warnings.warn(f"prompt {prompt!r} has {len(words)} words; the text encoder reads only the first {keep}, "
+                          f"so {' '.join(words[keep:])!r} is dropped", stacklevel=3)
+        return words[:keep]
 
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt(s) -> ids (B, max_length) long, mask (B, max_length) bool (True on <bos>, the words and <eos>)."""
@@ -75,27 +80,6 @@ class Tokenizer:
 
 
 @dataclass
-class TextEncoderConfig:
-    """The text tower alone: the course's (CLIPConfig.text_config()) and CLIP ViT-L/14's (SD v1.5) are both one."""
-
-    vocab_size: int = 30  # token ids 0 … vocab_size - 1 (the scenes: 27 words + 3 specials; CLIP: 49,408 BPE tokens)
-    max_length: int = 16  # positions (CLIP: 77)
-    width: int = 64  # token embedding size: the UNet's context_dim (CLIP ViT-L/14: 768)
-    layers: int = 3  # (CLIP ViT-L/14: 12)
-    heads: int = 4  # (CLIP ViT-L/14: 12)
-    activation: str = "gelu"  # the MLP's: "gelu", or OpenAI CLIP's "quick_gelu", x · sigmoid(1.702 x)
-
-    def __post_init__(self):
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
-        if self.activation not in ("gelu", "quick_gelu"):
-            raise ValueError(f"activation must be 'gelu' or 'quick_gelu', got {self.activation!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
 class CLIPConfig:
     vocab: tuple[str, ...] = field(default_factory=scene_vocabulary)  # the words; ids 0-2 are <pad> <bos> <eos>
     max_length: int = 16  # tokens, <bos> and <eos> included (CLIP: 77)
@@ -106,9 +90,13 @@ class CLIPConfig:
     image_size: int = 8
     image_width: int = 64
     embed_dim: int = 64  # the shared space where captions and images are compared
+    vocab_size: int | None = None  # token ids; None: the words + 3 specials (CLIP's BPE: 49,408, vocab left empty)
+    activation: str = "gelu"  # the MLP's: "gelu", or "quick_gelu" x·σ(1.702x), OpenAI CLIP's cheaper approximation
 
     def __post_init__(self):
         self.vocab = tuple(self.vocab)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -118,16 +106,13 @@ class CLIPConfig:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer(self.vocab, self.max_length)
 
-    def text_config(self) -> TextEncoderConfig:
-        return TextEncoderConfig(vocab_size=len(self.vocab) + 3, max_length=self.max_length, width=self.width,
-                                 layers=self.layers, heads=self.heads)
-
 
 class QuickGELU(nn.Module):
-    """OpenAI CLIP's approximation of GELU: x · sigmoid(1.702 x)."""
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)  # ≈ GELU(x), as OpenAI trained CLIP
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 
 
 class TransformerBlock(nn.Module):
@@ -140,8 +125,7 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), QuickGELU() if activation == "quick_gelu" else nn.GELU(),
-                                 nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), ACTIVATIONS[activation](), nn.Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
@@ -155,20 +139,19 @@ class TransformerBlock(nn.Module):
 class TextEncoder(nn.Module):
     """Token ids (B, L) -> token embeddings (B, L, width): what the UNet's cross-attention reads."""
 
-    def __init__(self, config: TextEncoderConfig | CLIPConfig):
+    def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.config = config = config.text_config() if isinstance(config, CLIPConfig) else config
-        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size or len(config.vocab) + 3, config.width)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.01)
         self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.activation)
                                     for _ in range(config.layers))
         self.ln_final = nn.LayerNorm(config.width)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L) long, L ≤ max_length -> the last hidden states, after the final LayerNorm (B, L, width)."""
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] > self.config.max_length:
-            shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
-            raise ValueError(f"ids must be (B, L) with L ≤ {self.config.max_length}, got {shape}")
+        if ids.dtype != torch.long or ids.dim() != 2 or ids.shape[1] > self.config.max_length:
+            raise ValueError(f"expected token ids (B, L <= {self.config.max_length}) of dtype long, "
+                             f"got {ids.dtype} {tuple(ids.shape)}")
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, L, width)
         for block in self.blocks:
             x = block(x)
@@ -200,7 +183,7 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig):
         super().__init__()
         self.config = config
-        self.text = TextEncoder(config.text_config())
+        self.text = TextEncoder(config)
         self.text_projection = nn.Linear(config.width, config.embed_dim, bias=False)
         self.image = ImageEncoder(config)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # learned temperature, CLIP's start

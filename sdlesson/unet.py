@@ -26,10 +26,10 @@ class UNetConfig:
     block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels
     layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up)
     attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels
-    attention_head_dim: int = 32  # heads = channels // attention_head_dim, unless attention_heads is set
-    attention_heads: int | None = None  # a fixed head count at every level (SD v1.5: 8, so head dims 40/80/160)
-    attention_block: str = "simple"  # "simple": GroupNorm + self-attn (+ cross-attn); "transformer": SD's block
-    attention_bias: bool = True  # biases on q, k, v (SD's transformer: none; the output projection keeps its bias)
+    attention_head_dim: int = 32  # channels per head, so wider levels get more heads ...
+    attention_heads: int | None = None  # ... unless a fixed number of heads is set (SD v1: 8 at every level)
+    attention_block: str = "simple"  # "simple": GroupNorm + self-attention (+ cross-attention), DDPM's block;
+    # "transformer": SD's spatial transformer, a whole transformer layer over the H·W positions (see below)
     norm_groups: int = 32
     dropout: float = 0.0
     num_classes: int | None = None  # class conditioning: an embedding added to the time embedding
@@ -91,11 +91,11 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention; keys and values come from `context` when given (cross-attention)."""
 
-    def __init__(self, dim: int, *, head_dim: int, context_dim: int | None = None, heads: int | None = None,
-                 bias: bool = True):
+    def __init__(self, dim: int, *, head_dim: int | None = None, heads: int | None = None,
+                 context_dim: int | None = None, bias: bool = True):
         super().__init__()
-        self.heads = heads or max(1, dim // head_dim)
-        self.to_q = nn.Linear(dim, dim, bias=bias)
+        self.heads = heads or max(1, dim // head_dim)  # a fixed number of heads, or one per head_dim channels
+        self.to_q = nn.Linear(dim, dim, bias=bias)  # SD's transformer: q, k, v without bias
         self.to_k = nn.Linear(context_dim or dim, dim, bias=bias)
         self.to_v = nn.Linear(context_dim or dim, dim, bias=bias)
         self.to_out = nn.Linear(dim, dim)
@@ -119,16 +119,14 @@ class Attention(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H·W positions, then cross-attention to the text tokens if configured."""
 
-    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None,
-                 heads: int | None = None, bias: bool = True):
+    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None, heads: int | None = None):
         super().__init__()
-        kw = dict(head_dim=head_dim, heads=heads, bias=bias)
         self.norm = nn.GroupNorm(groups, channels)
-        self.self_attn = Attention(channels, **kw)
+        self.self_attn = Attention(channels, head_dim=head_dim, heads=heads)
         self.cross_attn = None
         if context_dim is not None:
             self.cross_norm = nn.LayerNorm(channels)
-            self.cross_attn = Attention(channels, context_dim=context_dim, **kw)
+            self.cross_attn = Attention(channels, head_dim=head_dim, heads=heads, context_dim=context_dim)
 
     def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -139,48 +137,53 @@ class AttentionBlock(nn.Module):
         return h.transpose(1, 2).reshape(B, C, H, W)
 
 
-class TransformerBlock(nn.Module):
-    """Stable Diffusion's spatial transformer (diffusers' Transformer2DModel with one BasicTransformerBlock).
+class FeedForward(nn.Module):
+    """GEGLU (Shazeer 2020): out(h · GELU(gate)), with h and gate two halves of one projection to 4× the width."""
 
-    x ─ GroupNorm ─ conv 1×1 ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU MLP(LN)
-      ─ conv 1×1 ─ + x.   Where AttentionBlock has one attention layer, this has a small transformer layer.
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * mult * dim)
+        self.out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x):
+        h, gate = self.proj(x).chunk(2, dim=-1)  # 2 × (B, N, 4·dim)
+        return self.out(h * F.gelu(gate))
+
+
+class SpatialTransformer(nn.Module):
+    """Stable Diffusion's attention block: one transformer layer over the H·W positions, text read by cross-attention.
+
+        x ─ GroupNorm ─ 1×1 conv ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU(LN) ─ 1×1 conv ─ + x
     """
 
-    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None,
-                 heads: int | None = None, bias: bool = False):
+    def __init__(self, channels: int, *, groups: int, heads: int | None, head_dim: int, context_dim: int | None):
         super().__init__()
-        kw = dict(head_dim=head_dim, heads=heads, bias=bias)
-        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)  # SD's eps here
+        kw = dict(heads=heads, head_dim=head_dim, bias=False)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.norm1 = nn.LayerNorm(channels)
-        self.self_attn = Attention(channels, **kw)
+        self.attn1 = Attention(channels, **kw)
         self.norm2 = nn.LayerNorm(channels)
-        self.cross_attn = Attention(channels, context_dim=context_dim, **kw)  # without context: attends to itself
+        self.attn2 = Attention(channels, context_dim=context_dim, **kw)  # self-attention again if no context_dim
         self.norm3 = nn.LayerNorm(channels)
-        self.ff_in = nn.Linear(channels, 8 * channels)  # GEGLU: value and gate, 4C each
-        self.ff_out = nn.Linear(4 * channels, channels)
+        self.ff = FeedForward(channels)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
         B, C, H, W = x.shape
         h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H·W, C)
-        h = h + self.self_attn(self.norm1(h))
-        h = h + self.cross_attn(self.norm2(h), context, context_mask)  # keys, values: (B, L, context_dim)
-        value, gate = self.ff_in(self.norm3(h)).chunk(2, dim=-1)  # 2 × (B, H·W, 4C)
-        h = h + self.ff_out(value * F.gelu(gate))  # GEGLU: value · GELU(gate)
+        h = h + self.attn1(self.norm1(h))
+        h = h + self.attn2(self.norm2(h), context, context_mask)  # the prompt enters here
+        h = h + self.ff(self.norm3(h))
         return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class Downsample(nn.Module):
-    def __init__(self, channels: int, *, pad_right: bool = False):
+    def __init__(self, channels: int):
         super().__init__()
-        # pad_right: SD's VAE pads one pixel on the right and bottom only, then convolves without padding.
-        self.pad_right = pad_right
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0 if pad_right else 1)  # (H, W) -> (H/2, W/2)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)  # (H, W) -> (H/2, W/2)
 
     def forward(self, x):
-        if self.pad_right:
-            x = F.pad(x, (0, 1, 0, 1))  # (left, right, top, bottom)
         return self.conv(x)
 
 
@@ -210,10 +213,10 @@ class UNet(nn.Module):
         ch = cfg.block_channels
         emb_dim = 4 * ch[0]
         kw = dict(groups=cfg.norm_groups, dropout=cfg.dropout)
-        block = TransformerBlock if cfg.attention_block == "transformer" else AttentionBlock
+        block = SpatialTransformer if cfg.attention_block == "transformer" else AttentionBlock
         attn = lambda c: block(  # noqa: E731
-            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, context_dim=cfg.context_dim,
-            heads=cfg.attention_heads, bias=cfg.attention_bias,
+            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, heads=cfg.attention_heads,
+            context_dim=cfg.context_dim,
         )
 
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -253,11 +256,14 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c_in)
         self.conv_out = nn.Conv2d(c_in, cfg.out_channels, 3, padding=1)
 
-    def _check_inputs(self, x, t, class_labels, context):
+    def _check_inputs(self, x, t, class_labels, context, context_mask=None):
         cfg = self.config
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected floating-point images, got dtype {x.dtype} (uint8 images: "
+                            "sdlesson.data.to_float maps 0…255 to [-1, 1])")
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
@@ -274,8 +280,20 @@ class UNet(nn.Module):
             raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
         if context is not None and cfg.context_dim is None:
             raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
+        if context is None and cfg.context_dim is not None:
+            raise ValueError(f"this UNet is text-conditioned (context_dim={cfg.context_dim}): pass context=(B, L, "
+                             f"{cfg.context_dim}) token embeddings; for an unconditional prediction, pass the empty "
+                             "prompt's embeddings, as classifier-free guidance does")
         if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
             raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        if context is not None and context.shape[0] != x.shape[0]:
+            raise ValueError(f"context must have one row per image: batch {x.shape[0]}, got context of shape "
+                             f"{tuple(context.shape)}")
+        if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])
+                                         or context_mask.dtype != torch.bool):
+            raise ValueError(f"context_mask must be a bool tensor of shape (B, L) = "
+                             f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
+                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
         return t
 
     def forward(self, x, t, *, class_labels=None, context=None, context_mask=None):
@@ -284,8 +302,8 @@ class UNet(nn.Module):
         class_labels: (B,) ints, num_classes meaning "no class"; context: (B, L, context_dim) token embeddings,
         context_mask: (B, L) bool, True where a token is real.
         """
-        t = self._check_inputs(x, t, class_labels, context)
-        emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]).to(x.dtype))  # (B, emb_dim)
+        t = self._check_inputs(x, t, class_labels, context, context_mask)
+        emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row
                 class_labels = torch.full_like(t, self.config.num_classes)
