@@ -20,6 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sdlesson import stable_diffusion as sdm
+from sdlesson.unet import UNet
 
 
 def main():
@@ -43,9 +44,12 @@ def main():
         for p in ref.parameters():
             p.normal_(0, 0.02)
     ref = ref.to(dtype).eval()
-    ours = sdm.build_stable_diffusion(unet=sdm.SD_UNET).unet  # on meta; then the same tensors as ref's, renamed
-    sdm.assign_weights(ours, sdm.rename(ref.state_dict(), sdm.DIFFUSERS_UNET_RULES), part="unet", dtype=dtype,
-                       device=args.device)
+    with torch.device("meta"):
+        ours = UNet(sdm.SD_UNET)  # shapes only; then given ref's own tensors under the course's names
+    state = sdm.diffusers_to_course("unet", ref.state_dict(), sdm.SD_UNET)
+    sdm.check_state(ours, state, "unet")
+    ours.load_state_dict(state, assign=True)
+    ours.eval()
     # Our parameters are ref's own tensors (assign, no copy): a separate copy would double the memory; the weights
     # are the same either way. Peak memory below is each model's activations on top of the shared weights.
 

@@ -14,7 +14,6 @@ and writes a 2 GB fp16 snapshot to a temporary folder. It prints
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdlesson import stable_diffusion as sdm
+from sdlesson.clip_tokenizer import CLIPTokenizer
 
 CLIP_L = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                         num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
@@ -53,13 +53,14 @@ def reference_models():
 
 def parity(unet, vae, text) -> dict[str, float]:
     """The references' weights through the loader's renaming rules (in memory: the tensors are shared, not copied)."""
-    vae_cfg, _ = sdm.vae_config_from_diffusers(dict(vae.config))
-    sd = sdm.build_stable_diffusion(unet=sdm.unet_config_from_diffusers(dict(unet.config)), vae=vae_cfg,
-                                    text_encoder=sdm.text_config_from_transformers(text.config.to_dict()))
-    for part, model, rules in (("unet", unet, sdm.DIFFUSERS_UNET_RULES), ("vae", vae, sdm.diffusers_vae_rules(vae_cfg)),
-                               ("text_encoder", text, sdm.TRANSFORMERS_CLIP_RULES)):
-        weights = sdm.rename(model.state_dict(), rules, ignore=sdm.TRANSFORMERS_CLIP_IGNORED)
-        sdm.assign_weights(getattr(sd, part), weights, part=part, dtype=torch.float32, device="cpu")
+    configs = {"unet": sdm.unet_config_from_diffusers(dict(unet.config)),
+               "vae": sdm.vae_config_from_diffusers(dict(vae.config))[0],
+               "text": sdm.text_config_from_transformers(text.config.to_dict())}
+    sd = sdm.build_stable_diffusion(unet=configs["unet"], vae=configs["vae"], text_encoder=configs["text"])
+    for part, ref, model in (("unet", unet, sd.unet), ("vae", vae, sd.vae), ("text", text, sd.text_encoder)):
+        state = sdm.diffusers_to_course(part, ref.state_dict(), configs[part])
+        sdm.check_state(model, state, part)
+        model.load_state_dict(state, assign=True)
     g = torch.Generator().manual_seed(1)
     x, ctx = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 77, 768, generator=g)
     image, z = torch.rand(1, 3, 128, 128, generator=g) * 2 - 1, torch.randn(1, 4, 16, 16, generator=g)
@@ -85,9 +86,8 @@ def main():
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         fp16 = Path(tmp)
         for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text)):
-            model.half().save_pretrained(fp16 / name)  # as the snapshot's fp16 files
-        (fp16 / "tokenizer").mkdir()
-        (fp16 / "tokenizer" / "vocab.json").write_text(json.dumps({}))  # no merges.txt: the bundled BPE is used
+            model.half().save_pretrained(fp16 / name, variant="fp16")  # the snapshot's *.fp16.safetensors
+        CLIPTokenizer.bundled().save(fp16 / "tokenizer")  # vocab.json, merges.txt
         del unet, vae, text
         size = sum(f.stat().st_size for f in fp16.rglob("*.safetensors")) / 2**30
         out = subprocess.run([sys.executable, "-c", LOAD, str(fp16)], capture_output=True, text=True, check=True)
