@@ -344,7 +344,10 @@ def check_state(model: nn.Module, state: dict, name: str) -> None:
             raise ValueError(f"{name}: tensor {k} has shape {tuple(state[k].shape)}, the model expects {tuple(v.shape)}")
 
 
-def folder_part(root: Path, part: str) -> tuple[dict, dict]:
+def folder_part(root: Path, part: str, *, half: bool = False) -> tuple[dict, dict]:
+    """config.json and the weights of one part. A snapshot may hold several copies of them: SD v1.5's unet/ also
+    has diffusion_pytorch_model.non_ema.safetensors (training weights, never these) and .fp16. variants (read when
+    `half`, else the full-precision files); several files of one kind are shards of one state dict."""
     folder = root / part
     if not folder.is_dir():
         raise FileNotFoundError(f"{root} has no {part}/ folder: a diffusers snapshot of SD v1.5 holds unet/, vae/, "
@@ -352,9 +355,11 @@ def folder_part(root: Path, part: str) -> tuple[dict, dict]:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
     if not files or not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} must hold config.json and the weights (*.safetensors)")
-    fp32 = [f for f in files if ".fp16." not in f.name] or files
+    files = [f for f in files if ".non_ema." not in f.name] or files
+    fp16 = [f for f in files if ".fp16." in f.name]
+    full = [f for f in files if ".fp16." not in f.name]
     state = {}
-    for f in fp32:
+    for f in (fp16 if half and fp16 else full) or files:
         state.update(read_state(f))
     return json.loads((folder / "config.json").read_text()), state
 
@@ -374,9 +379,10 @@ def load_stable_diffusion(path, *, device="cpu", dtype: torch.dtype | None = Non
                                 "text_encoder/, tokenizer/) or a single .safetensors file")
     latent_scale = SD_LATENT_SCALE
     if path.is_dir():
-        unet_cfg, unet_state = folder_part(path, "unet")
-        vae_cfg, vae_state = folder_part(path, "vae")
-        text_cfg, text_state = folder_part(path, "text_encoder")
+        half = dtype in (torch.float16, torch.bfloat16)  # read the fp16 files when there are: half the bytes
+        unet_cfg, unet_state = folder_part(path, "unet", half=half)
+        vae_cfg, vae_state = folder_part(path, "vae", half=half)
+        text_cfg, text_state = folder_part(path, "text_encoder", half=half)
         configs = {"unet": unet_config_from_diffusers(unet_cfg), "text": text_config_from_transformers(text_cfg)}
         configs["vae"], latent_scale = vae_config_from_diffusers(vae_cfg)
         states = {"unet": unet_state, "vae": vae_state, "text": text_state}

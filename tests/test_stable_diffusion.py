@@ -114,6 +114,22 @@ def test_loads_in_half_precision(snapshot):
     assert {p.dtype for p in sd.unet.parameters()} == {torch.bfloat16}
 
 
+def test_reads_the_ema_weights_and_the_variant_asked_for(tmp_path, reference):
+    """SD v1.5's unet/ also ships non-EMA and fp16 copies of the weights: the loader picks the right file."""
+    from safetensors.torch import load_file, save_file
+
+    root = write_snapshot(tmp_path, reference)
+    unet = root / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(unet))
+    non_ema = {k: torch.zeros_like(v) for k, v in state.items()} | {"only_in_non_ema": torch.zeros(1)}  # read: an error
+    save_file(non_ema, str(unet.with_name(unet.name.replace(".safe", ".non_ema.safe"))))
+    save_file({k: (v + 1).half() for k, v in state.items()}, str(unet.with_name(unet.name.replace(".safe", ".fp16.safe"))))
+    key = "conv_in.weight"
+    assert torch.equal(load_stable_diffusion(root).unet.state_dict()[key], state[key])
+    half = load_stable_diffusion(root, dtype=torch.float16).unet.state_dict()[key]
+    assert torch.equal(half, (state[key] + 1).half())
+
+
 # --- errors: each names the problem, and nothing is half-loaded ----------------------------------------------
 
 def test_missing_path(tmp_path):
