@@ -16,7 +16,10 @@ from .train import TrainConfig
 from .unet import UNetConfig
 from .vae import VAEConfig
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Checkpoints: sdlesson/data/ in an installed wheel (pyproject maps the repository's data/ there), data/ beside the
+# package in a source checkout or an editable install.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR = _PACKAGE_DIR / "data" if (_PACKAGE_DIR / "data").is_dir() else _PACKAGE_DIR.parent / "data"
 
 # Silhouettes (lesson 02): 1×28×28, the UNet's three levels at 28, 14 and 7 pixels, attention only at 7×7.
 # Narrow at full resolution (16 channels): 0.2 GFLOP a forward pass, so a CPU samples hundreds in seconds.
