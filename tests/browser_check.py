@@ -71,7 +71,7 @@ def kernels(url):
         return json.load(r)
 
 
-def wait_idle(page, url, timeout=120):
+def wait_idle(page, url, timeout=300):
     end = time.time() + timeout
     while time.time() < end:
         busy = [k for k in kernels(url) if k["execution_state"] != "idle"]
@@ -139,6 +139,8 @@ def test_lesson_runs_and_its_explorer_answers(lab, lesson, tmp_path):
             real_errors = [e for e in errors if "favicon" not in e]
             assert not real_errors, f"{lesson}: console errors {real_errors}"
         except Exception:
+            print("ERROR OUTPUTS:", page.eval_on_selector_all(".jp-OutputArea-output[data-mime-type*='error'], .jp-RenderedText[data-mime-type*='stderr']", "els => els.map(e => e.textContent.slice(0, 400))"))
+            print("PROMPTS:", page.eval_on_selector_all(".jp-InputPrompt", "els => els.map(e => e.textContent)"))
             page.screenshot(path=shots / f"{lesson}-failure.png")
             raise
         finally:
