@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
@@ -34,8 +33,11 @@ if spec is None or spec.origin is None:  # origin None: only a folder named sdle
 
 def repository() -> str:
     """The address in pyproject.toml's [project.urls] Repository, e.g. https://github.com/sdlesson/sdlesson."""
-    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]
-    return urls["Repository"].rstrip("/")
+    # a regex, not tomllib: tomllib is Python 3.11+, and the course promises 3.10
+    found = re.search(r'^Repository\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    if found is None:
+        raise ValueError("pyproject.toml has no [project.urls] Repository = \"https://github.com/OWNER/NAME\"")
+    return found[1].rstrip("/")
 
 
 def first_cell(repo: str) -> str:
