@@ -31,7 +31,7 @@ def command_seconds(steps: int, device: str | None, repeats: int) -> list[float]
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
-            cmd = [sys.executable, "-m", "sdlesson", "generate", PROMPT, "-n", "4", "--steps", str(steps),
+            cmd = [sys.executable, "-m", "sdlesson", "generate", PROMPT, "-n", "4", "--num-steps", str(steps),
                    "--out", str(Path(tmp) / "out.png")] + (["--device", device] if device else [])
             start = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
