@@ -34,6 +34,7 @@ import torch
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words (letters), single digits, runs of other symbols; English contractions split off ("cat's" -> "cat", "'s").
 PIECES = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+SPECIALS = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")  # typed exactly, they stay special tokens
 
 
 @functools.lru_cache
@@ -114,18 +115,22 @@ class CLIPTokenizer:
 
     @staticmethod
     def clean(text: str) -> str:
-        return regex.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).lower()
+        # lower case one character at a time, as transformers does (Python's str.lower turns a final Σ into ς)
+        return "".join(c.lower() for c in regex.sub(r"\s+", " ", unicodedata.normalize("NFC", text)))
 
     def tokenize(self, text: str) -> list[str]:
         """The BPE tokens of one prompt, e.g. ['a</w>', 'photo</w>', 'of</w>', 'a</w>', 'cat</w>']."""
         if not isinstance(text, str):
             raise TypeError(f"a prompt must be a string, got {type(text).__name__}")
         tokens = []
-        for piece in PIECES.findall(self.clean(text)):
-            if piece in (BOS, EOS):  # typed special tokens are kept as such, as transformers does
-                tokens.append(piece)
-            else:
-                tokens.extend(self.bpe("".join(self.byte_chars[b] for b in piece.encode("utf-8"))))
+        for part in SPECIALS.split(text):  # special tokens typed exactly are kept as such, as transformers does
+            if part in (BOS, EOS):
+                tokens.append(part)
+                continue
+            for piece in PIECES.findall(self.clean(part)):
+                # a special token that only lower-casing made ("<|ENDOFTEXT|>") is text: "<|", the name, "|>"
+                for sub in ([piece[:2], piece[2:-2], piece[-2:]] if piece in (BOS, EOS) else [piece]):
+                    tokens.extend(self.bpe("".join(self.byte_chars[b] for b in sub.encode("utf-8"))))
         return tokens
 
     def encode(self, text: str) -> list[int]:

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from .checkpoint import load_model, read_metadata
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Checkpoints: sdlesson/data/ in an installed wheel (pyproject maps the repository's data/ there), data/ beside the
+# package in a source checkout or an editable install.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DATA_DIR = _PACKAGE_DIR / "data" if (_PACKAGE_DIR / "data").is_dir() else _PACKAGE_DIR.parent / "data"
 
 # The recipes (configs, training settings, data) live in recipes.py; their names stay importable from here.
 from .recipes import (  # noqa: E402,F401

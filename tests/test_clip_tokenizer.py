@@ -21,7 +21,8 @@ BASE = [
     "stablediffusion", "supercalifragilisticexpialidocious", "https://example.com/a?b=c", "<|startoftext|> typed",
     "ends with <|endoftext|>", "quotes \"double\" and 'single'", "back\\slash and /slash", "~tilde ^caret `tick`",
     "(parentheses) [brackets] {braces}", "ellipsis… and — dashes –", "ﬁ ligature and ² superscript", "ß strasse",
-    "İstanbul dotted I", "x" * 300, "word " * 100, ", ".join(["highly detailed"] * 30),
+    "İstanbul dotted I", "ΟΔΟΣ Σ final sigma", "!!<|endoftext|>x", "<|ENDOFTEXT|> in capitals", "<|ENDOFTEXT|>!!",
+    "x" * 300, "word " * 100, ", ".join(["highly detailed"] * 30),
 ]
 
 
