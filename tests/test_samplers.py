@@ -116,3 +116,125 @@ def test_guidance_combines_conditional_and_unconditional():
     assert calls == [1, 0] * 3
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         sample(Fake(), sampler, (1, 1, 2, 2), num_steps=3, guidance_scale=-1.0, progress=False)
+
+
+# --- Stable Diffusion's sampling as released, against the formulas and against diffusers' schedulers ---
+
+def _sd(cls, **kw):
+    return cls(NoiseSchedule("scaled_linear"), clip_sample=None, timestep_spacing="leading", steps_offset=1,
+               final_alpha_one=False, **kw)
+
+
+def _diffusers(name):
+    import diffusers
+    return getattr(diffusers, name)(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                    beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
+                                    timestep_spacing="leading",
+                                    **({"set_alpha_to_one": False} if name == "DDIMScheduler" else {}))
+
+
+def test_leading_spacing_is_sds_981_to_1():
+    s = _sd(DDIMSampler)
+    s.set_timesteps(50)
+    assert s.timesteps.tolist() == list(range(981, 0, -20))  # t_k = 20 k + 1
+    assert s.prev_timestep(21) == 1 and s.prev_timestep(1) == -1
+    s.set_timesteps(999)  # 999 … 1; 1000 steps would need t = 1000, which diffusers allows and the schedule lacks
+    assert s.timesteps.tolist() == list(range(999, 0, -1))
+    with pytest.raises(ValueError, match="num_steps = 1000 with steps_offset = 1 would start at t = 1000"):
+        s.set_timesteps(1000)
+
+
+def test_default_spacing_is_unchanged():
+    """The course's models keep their T-1 … 0 spacing and ᾱ_{-1} = 1 (their notebooks and model card rely on it)."""
+    s = DDIMSampler(NoiseSchedule("scaled_linear"))
+    s.set_timesteps(50)
+    assert s.timesteps[0].item() == 999 and s.timesteps[-1].item() == 0
+    assert s._alphas(0)[1] == 1.0
+
+
+def test_final_alpha_is_alpha_bar_0_when_asked():
+    """set_alpha_to_one=False: the last DDIM step goes to sqrt(ᾱ_0) x̂_0 + sqrt(1 - ᾱ_0) ε̂, not to x̂_0."""
+    schedule = NoiseSchedule("scaled_linear")
+    s = _sd(DDIMSampler)
+    s.set_timesteps(50)
+    x, eps = torch.randn(1, 4, 3, 3, dtype=torch.float64), torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    a0, a1 = schedule.alphas_cumprod[0].item(), schedule.alphas_cumprod[1].item()
+    x0 = (x - (1 - a1) ** 0.5 * eps) / a1**0.5
+    torch.testing.assert_close(s.step(eps, 1, x), a0**0.5 * x0 + (1 - a0) ** 0.5 * eps, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_steps", [50, 7, 1])
+def test_ddim_matches_diffusers_configured_as_sd(num_steps):
+    """Same timesteps and, on random inputs, the same steps: 1e-5 (abs and rel) in fp64 and fp32 alike:
+    diffusers keeps ᾱ in fp32 and we in fp64, which bounds fp64 agreement at ~4e-6 relative on x̂_0 at t = 981."""
+    ref, ours = _diffusers("DDIMScheduler"), _sd(DDIMSampler)
+    ref.set_timesteps(num_steps)
+    ours.set_timesteps(num_steps)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(num_steps)
+    for dtype, tol in ((torch.float64, 1e-5), (torch.float32, 1e-5)):
+        for t in ref.timesteps:
+            x, eps = torch.randn(2, 4, 5, 5, generator=g, dtype=dtype), torch.randn(2, 4, 5, 5, generator=g, dtype=dtype)
+            out = ref.step(eps, t, x, eta=0.0)
+            torch.testing.assert_close(ours.step(eps, t, x), out.prev_sample, rtol=tol, atol=tol)
+            torch.testing.assert_close(ours.predict_x0(eps, t, x), out.pred_original_sample, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("num_steps", [50, 999])
+def test_ddpm_matches_diffusers_configured_as_sd(num_steps):
+    """Same timesteps; with the noise diffusers draws from a generator, the same sample (fp64 to 1e-10).
+
+    diffusers' DDPM has no set_alpha_to_one: its ᾱ after the last step is 1, so ours runs with final_alpha_one=True.
+    Both draw z with torch.randn(shape, generator) on the CPU in the sample's dtype; ours draws fp32 and casts, so the
+    comparison feeds fp32 inputs and compares to 1e-5.
+    """
+    ref = _diffusers("DDPMScheduler")
+    ours = DDPMSampler(NoiseSchedule("scaled_linear"), clip_sample=None, timestep_spacing="leading", steps_offset=1)
+    ref.set_timesteps(num_steps)
+    ours.set_timesteps(num_steps)
+    assert ours.timesteps.tolist() == ref.timesteps.tolist()
+    g = torch.Generator().manual_seed(3)
+    for t in ref.timesteps[:: max(1, num_steps // 10)].tolist() + [ref.timesteps[-1].item()]:
+        x, eps = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 4, 5, 5, generator=g)
+        a = ref.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
+        b = ours.step(eps, t, x, generator=torch.Generator().manual_seed(t))
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_spacing_options_are_rejected():
+    with pytest.raises(ValueError, match="timestep_spacing must be one of linspace, leading, got 'trailing'"):
+        DDIMSampler(NoiseSchedule("linear"), timestep_spacing="trailing")
+    with pytest.raises(ValueError, match="steps_offset must be an int"):
+        DDIMSampler(NoiseSchedule("linear"), steps_offset=-1)
+
+
+def test_batched_guidance_equals_two_passes():
+    from conftest import tiny_unet_config
+    from sdlesson.unet import UNet
+    torch.manual_seed(0)
+    model = UNet(tiny_unet_config(in_channels=4, context_dim=16))
+    context, mask = torch.randn(2, 5, 16), torch.tensor([[True] * 5, [True, True, False, False, False]])
+    cond, uncond = {"context": context, "context_mask": mask}, {"context": context, "context_mask": mask & False}
+    uncond["context_mask"][:, 0] = True
+    sampler = DDIMSampler(NoiseSchedule("scaled_linear"), clip_sample=None)
+    run = lambda batch: sample(model, sampler, (2, 4, 8, 8), num_steps=4, cond=cond, uncond=uncond,  # noqa: E731
+                               guidance_scale=5.0, batch_guidance=batch, generator=torch.Generator().manual_seed(0),
+                               progress=False)
+    torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-4)
+
+
+def test_sample_starts_from_given_latents():
+    class Zero(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t):
+            return torch.zeros_like(x)
+
+    sampler = DDIMSampler(NoiseSchedule("linear"), clip_sample=None)
+    x_T = torch.randn(1, 1, 2, 2)
+    out = sample(Zero(), sampler, (1, 1, 2, 2), num_steps=1, latents=x_T, progress=False)
+    torch.testing.assert_close(out, x_T / NoiseSchedule("linear").alphas_cumprod[-1].sqrt().float())  # x̂_0, ε̂ = 0
+    with pytest.raises(ValueError, match=r"latents must have shape \(1, 1, 3, 3\)"):
+        sample(Zero(), sampler, (1, 1, 3, 3), num_steps=1, latents=x_T, progress=False)
