@@ -15,6 +15,9 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
         raise ValueError(f"expected two (N, D) feature sets with the same D, got {tuple(features_a.shape)} "
                          f"and {tuple(features_b.shape)}")
+    if min(len(features_a), len(features_b)) < 2:
+        raise ValueError(f"each feature set needs at least 2 samples to have a covariance, got {len(features_a)} "
+                         f"and {len(features_b)}")
     a, b = features_a.double(), features_b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
@@ -27,6 +30,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB, for images in [-1, 1] (data_range 2): 10 log10(range² / MSE)."""
+    if x.shape != y.shape or x.dim() < 2:
+        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and {tuple(y.shape)}")
     mse = (x.float() - y.float()).square().flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
 

@@ -7,16 +7,14 @@ Model and sampler are apart, as in diffusers: a sampler holds only the noise mat
     x = torch.randn(shape, generator=g)
     for t in sampler.timesteps:
         eps = model(x, t)
-        x0 = sampler.predict_x0(eps, t, x)        # x̂_0: the clean image this step aims at (to show or to judge)
-        x = sampler.step(eps, t, x, generator=g)  # x_{t'}: the next, less noisy sample
+        x0 = sampler.predict_x0(eps, t, x)   # the clean image this ε̂ implies, to look at along the way
+        x = sampler.step(eps, t, x, generator=g)
 
-`predict_x0` is THE way to see x̂_0 (diffusers' `pred_original_sample`); `step` returns x_{t'} alone.
 `sample(...)` is that loop with a progress bar, guidance and the intermediate steps kept.
 
-Stable Diffusion as released samples with options the course's own models do not use (diffusers' names in brackets):
-
-    DDIMSampler(NoiseSchedule("scaled_linear"), clip_sample=None, timestep_spacing="leading", steps_offset=1,
-                final_alpha_one=False)    # 981, 961, …, 1 at 50 steps; the last step lands on ᾱ_0, not 1
+Stable Diffusion's sampling as released is a configuration:
+    DDIMSampler(NoiseSchedule("scaled_linear"), clip_sample=None, spacing="leading", steps_offset=1,
+                set_alpha_to_one=False)    # 981, 961, …, 1 at 50 steps; the last step lands on ᾱ_0, not 1
 """
 
 from __future__ import annotations
@@ -24,7 +22,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from .checks import check_number
 from .schedule import NoiseSchedule
+
 
 SPACINGS = ("linspace", "leading")
 
@@ -32,39 +32,35 @@ SPACINGS = ("linspace", "leading")
 class Sampler:
     """What DDPM and DDIM share: a subset of the training timesteps and the ε -> x̂_0 estimate."""
 
-    def __init__(self, schedule: NoiseSchedule, *, clip_sample: float | None = 1.0, timestep_spacing: str = "linspace",
-                 steps_offset: int = 0, final_alpha_one: bool = True):
-        if timestep_spacing not in SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {', '.join(SPACINGS)}, got {timestep_spacing!r}")
-        if not isinstance(steps_offset, int) or not 0 <= steps_offset < schedule.num_timesteps:
-            raise ValueError(f"steps_offset must be an int in [0, {schedule.num_timesteps}), got {steps_offset!r}")
+    def __init__(self, schedule: NoiseSchedule, *, clip_sample: float | None = 1.0, spacing: str = "linspace",
+                 steps_offset: int = 0, set_alpha_to_one: bool = True):
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+        self.spacing = spacing  # linspace: T-1 … 0 evenly, rounded (the course's); leading: 0, T/n, 2T/n, … (SD's)
+        self.steps_offset = steps_offset  # added to every timestep under leading spacing (SD: 1, so 981 … 1)
+        self.set_alpha_to_one = set_alpha_to_one  # the last step lands on ᾱ = 1 (the clean image) or on ᾱ_0 (SD)
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule = schedule
+        if clip_sample is not None:  # None: no clamping (latents); else x̂_0 is clamped to [-c, c], c > 0
+            clip_sample = check_number("clip_sample", clip_sample, low=0, low_open=True)
         self.clip_sample = clip_sample  # clamp the x̂_0 estimate to [-c, c]: pixels live in [-1, 1]; None for latents
-        self.timestep_spacing = timestep_spacing  # "linspace": T-1 … 0 evenly (the course); "leading": SD's k·T/n
-        self.steps_offset = steps_offset  # added to "leading" timesteps: SD uses 1, so 981 … 1 rather than 980 … 0
-        # ᾱ_{t'} after the last step: 1 (the clean image) or ᾱ_0 as SD was released [set_alpha_to_one=False]
-        self.final_alpha_one = final_alpha_one
-        self._a_bar = schedule.alphas_cumprod.tolist()  # ᾱ_t as host floats: no device sync in the loop
-        self.set_timesteps(schedule.num_timesteps - (steps_offset if timestep_spacing == "leading" else 0))
+        self.set_timesteps(schedule.num_timesteps - (steps_offset if spacing == "leading" else 0))  # every step
 
     def set_timesteps(self, num_steps: int) -> None:
-        """Use `num_steps` timesteps, descending: evenly from T-1 to 0 ("linspace") or k·⌊T/n⌋ + offset ("leading")."""
+        """Use `num_steps` timesteps, descending: linspace spacing runs T-1 … 0; leading runs
+        (n-1)·T/n + offset … offset in steps of T/n (SD at 50 steps: 981, 961, …, 1)."""
         T = self.schedule.num_timesteps
-        if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= T:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= T:
             raise ValueError(f"num_steps must be an int from 1 to T = {T}, got {num_steps!r}")
-        if self.timestep_spacing == "linspace":
+        if self.spacing == "leading":
+            self.timesteps = torch.arange(num_steps - 1, -1, -1) * (T // num_steps) + self.steps_offset
+            if self.timesteps[0] >= T:
+                raise ValueError(f"num_steps = {num_steps} with steps_offset = {self.steps_offset} reaches t = "
+                                 f"{int(self.timesteps[0])}, past T - 1 = {T - 1}; use fewer steps")
+        else:
             self.timesteps = torch.linspace(T - 1, 0, num_steps, dtype=torch.float64).round().long()  # descending
-        else:  # "leading" (DDIM paper, SD): t_k = k ⌊T/n⌋ + offset, k = n-1 … 0
-            ratio = T // num_steps
-            self.timesteps = torch.arange(num_steps - 1, -1, -1) * ratio + self.steps_offset
-            if self.timesteps[0] >= T:  # e.g. 1000 steps with offset 1 would ask for t = 1000 (diffusers allows it)
-                raise ValueError(f"num_steps = {num_steps} with steps_offset = {self.steps_offset} would start at "
-                                 f"t = {int(self.timesteps[0])}, past T - 1 = {T - 1}; use fewer steps")
-        ts = self.timesteps.tolist()
-        self._prev = dict(zip(ts, ts[1:] + [-1]))
-        final = 1.0 if self.final_alpha_one else self._a_bar[0]  # ᾱ_{-1}: 1, or ᾱ_0 [set_alpha_to_one=False]
-        # (ᾱ_t, ᾱ_{t'}, t') per timestep, computed once here, on the host
-        self._alphas_at = {t: (self._a_bar[t], self._a_bar[p] if p >= 0 else final, p) for t, p in self._prev.items()}
+        self._prev = {int(t): int(p) for t, p in zip(self.timesteps, list(self.timesteps[1:]) + [-1])}
 
     @property
     def num_steps(self) -> int:
@@ -72,19 +68,22 @@ class Sampler:
 
     def prev_timestep(self, t) -> int:
         """The timestep after t in this sampler's sequence; -1 after the last (the clean image)."""
-        return self._alphas(t)[2]
+        t = int(t)
+        if t not in self._prev:
+            raise ValueError(f"t = {t} is not one of this sampler's {self.num_steps} timesteps; call set_timesteps first")
+        return self._prev[t]
 
-    def _alphas(self, t) -> tuple[float, float, int]:
-        """(ᾱ_t, ᾱ_{t'}, t') for one of this sampler's timesteps."""
-        try:
-            return self._alphas_at[int(t)]
-        except KeyError:
-            raise ValueError(f"t = {int(t)} is not one of this sampler's {self.num_steps} timesteps; "
-                             "call set_timesteps first") from None
+    def _alphas(self, t: int, x: torch.Tensor):
+        a = self.schedule.alphas_cumprod
+        t_prev = self.prev_timestep(t)
+        a_bar = a[t].item()
+        final = 1.0 if self.set_alpha_to_one else a[0].item()  # ᾱ_{-1} = 1, the clean image; or ᾱ_0, as SD
+        a_bar_prev = a[t_prev].item() if t_prev >= 0 else final
+        return a_bar, a_bar_prev, t_prev
 
     def predict_x0(self, eps: torch.Tensor, t, x: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε̂) / sqrt(ᾱ_t): the clean image the noise prediction implies."""
-        a_bar = self._a_bar[int(t)]
+        a_bar = self.schedule.alphas_cumprod[int(t)].item()
         x0 = (x - (1 - a_bar) ** 0.5 * eps) / a_bar**0.5
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 
@@ -105,7 +104,7 @@ class DDPMSampler(Sampler):
     """
 
     def step(self, model_output, t, x, *, generator=None):
-        a_bar, a_bar_prev, t_prev = self._alphas(t)
+        a_bar, a_bar_prev, t_prev = self._alphas(t, x)
         beta = 1 - a_bar / a_bar_prev  # β' = 1 - ᾱ_t / ᾱ_{t'}
         x0 = self.predict_x0(model_output, t, x)
         # μ̃ = sqrt(ᾱ_{t'}) β' / (1 - ᾱ_t) · x̂_0 + sqrt(1 - β') (1 - ᾱ_{t'}) / (1 - ᾱ_t) · x_t
@@ -122,20 +121,18 @@ class DDIMSampler(Sampler):
     x_{t'} = sqrt(ᾱ_{t'}) x̂_0 + sqrt(1 - ᾱ_{t'} - σ²) ε̂ + σ z,   σ = η sqrt((1 - ᾱ_{t'}) / (1 - ᾱ_t)) sqrt(1 - ᾱ_t / ᾱ_{t'})
     """
 
-    def __init__(self, schedule: NoiseSchedule, *, eta: float = 0.0, **options):
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
-        self.eta = eta
-        super().__init__(schedule, **options)
+    def __init__(self, schedule: NoiseSchedule, *, eta: float = 0.0, clip_sample: float | None = 1.0, **spacing):
+        self.eta = check_number("eta", eta, low=0)
+        super().__init__(schedule, clip_sample=clip_sample, **spacing)  # spacing, steps_offset, set_alpha_to_one
 
     def step(self, model_output, t, x, *, generator=None):
-        a_bar, a_bar_prev, t_prev = self._alphas(t)
+        a_bar, a_bar_prev, t_prev = self._alphas(t, x)
         x0 = self.predict_x0(model_output, t, x)
         # Recompute ε̂ from the (possibly clipped) x̂_0, so both terms describe the same image.
         eps = (x - a_bar**0.5 * x0) / (1 - a_bar) ** 0.5
         sigma = self.eta * ((1 - a_bar_prev) / (1 - a_bar)) ** 0.5 * (1 - a_bar / a_bar_prev) ** 0.5
         x_prev = a_bar_prev**0.5 * x0 + max(1 - a_bar_prev - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0 and t_prev >= 0:
+        if sigma > 0:  # (zero at the last step when it lands on ᾱ = 1; SD lands on ᾱ_0 and adds a little)
             x_prev = x_prev + sigma * _noise_like(x, generator)
         return x_prev
 
@@ -149,49 +146,51 @@ def make_sampler(name: str, schedule: NoiseSchedule, **kwargs) -> Sampler:
     return SAMPLERS[name](schedule, **kwargs)
 
 
+def _cat_kwargs(a: dict, b: dict) -> dict:
+    """Two sets of model keyword arguments -> one, each tensor stacked on the batch: [cond; uncond]."""
+    if a.keys() != b.keys():
+        raise ValueError(f"cond and uncond must name the same model arguments, got {sorted(a)} and {sorted(b)}")
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
 @torch.no_grad()
 def sample(model, sampler: Sampler, shape, *, num_steps: int = 50, generator: torch.Generator | None = None,
            cond: dict | None = None, uncond: dict | None = None, guidance_scale: float = 1.0,
-           batch_guidance: bool = False, latents: torch.Tensor | None = None,
-           keep_every: int = 0, progress: bool = True, device=None):
+           keep_every: int = 0, progress: bool = True, device=None, latents: torch.Tensor | None = None,
+           batch_guidance: bool = True):
     """Run reverse diffusion from pure noise. Returns x_0, or (x_0, [x_t kept every `keep_every` steps]).
 
     cond / uncond: keyword arguments for the model (e.g. {"class_labels": y}); with guidance_scale != 1 the model is
-    run on both and ε̂ = ε̂_uncond + s (ε̂_cond - ε̂_uncond) (classifier-free guidance).
-    batch_guidance: run the two guidance passes as one forward on a doubled batch (cat cond + uncond), as diffusers
-    does; off by default because on the course's small models on a CPU two passes measured faster
-    (bench/generate.py --cfg-mode). Same result either way, up to float rounding.
-    latents: the starting x_T (shape `shape`) instead of drawing it from `generator`.
+    run on both and ε̂ = ε̂_uncond + s (ε̂_cond - ε̂_uncond) (classifier-free guidance). batch_guidance runs the two
+    as one batch of 2B (one forward pass: faster wherever the model is not already saturating the device).
+    latents: the starting noise x_T (shape `shape`), in place of a draw from `generator`.
     """
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    device = device or next(model.parameters()).device
+    guidance_scale = check_number("guidance_scale", guidance_scale, low=0)
+    if guidance_scale != 1.0 and uncond is None and cond:
+        raise ValueError("guidance_scale != 1 needs `uncond` (the model's keyword arguments without the condition)")
+    param = next(model.parameters())
+    device, dtype = device or param.device, param.dtype  # the model may run in fp16 / bf16; the sampler's math in fp32
     sampler.set_timesteps(num_steps)
     model.eval()
     if latents is not None:
         if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
-        x = latents.to(device=device, dtype=torch.float32)
+            raise ValueError(f"latents must have the shape {tuple(shape)}, got {tuple(latents.shape)}")
+        x = latents.to(device, torch.float32)
     else:
         x = _noise_like(torch.empty(shape, device=device), generator)  # x_T ~ N(0, I)
     guided = guidance_scale != 1.0 and uncond is not None
-    if guided and batch_guidance:  # one forward on [cond; uncond]: (2N, ...) for every model input
-        both = {k: torch.cat([v, uncond[k]]) for k, v in (cond or {}).items()}
+    both = _cat_kwargs(cond or {}, uncond) if guided and batch_guidance else None
     kept = []
-    n = shape[0]
-    dtype = next(model.parameters()).dtype  # fp16 models take fp16 inputs; the sampler's arithmetic stays fp32
     for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling", leave=False)):
-        t_batch = torch.full((n,), int(t), device=device, dtype=torch.long)  # host int -> device: no sync
-        xin = x.to(dtype)
-        if guided and batch_guidance:
-            eps, eps_uncond = model(torch.cat([xin, xin]), t_batch.repeat(2), **both).float().chunk(2)
+        t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        if both is not None:  # one forward pass on [x; x] with [cond; uncond]
+            eps, eps_uncond = model(torch.cat([x, x]).to(dtype), torch.cat([t_batch, t_batch]), **both).chunk(2)
         else:
-            eps = model(xin, t_batch, **(cond or {})).float()
-            if guided:
-                eps_uncond = model(xin, t_batch, **uncond).float()
+            eps = model(x.to(dtype), t_batch, **(cond or {}))
+            eps_uncond = model(x.to(dtype), t_batch, **uncond) if guided else None
         if guided:
-            eps = eps_uncond + guidance_scale * (eps - eps_uncond)  # ε̂ = ε̂_u + s (ε̂_c - ε̂_u)
-        x = sampler.step(eps, t, x, generator=generator)
+            eps = eps_uncond + guidance_scale * (eps - eps_uncond)  # ε̂ = ε̂_u + s (ε̂_c − ε̂_u)
+        x = sampler.step(eps.float(), t, x, generator=generator)
         if keep_every and (i % keep_every == 0 or i == sampler.num_steps - 1):
             kept.append(x.cpu())
     return (x, kept) if keep_every else x

@@ -29,6 +29,10 @@ def as_uint8_batch(images) -> np.ndarray:
 def image_grid(images, *, nrow: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:
     """Tile a batch (see as_uint8_batch) into one uint8 image (H, W) for grayscale or (H, W, 3)."""
     arr = as_uint8_batch(images)
+    if arr.ndim != 4 or len(arr) == 0:
+        raise ValueError(f"image_grid needs a non-empty batch of images (B, C, H, W), got shape {arr.shape}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be an int >= 1, got {nrow!r}")
     B, H, W, C = arr.shape
     ncol = min(nrow, B)
     rows = -(-B // ncol)

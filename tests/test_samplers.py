@@ -90,7 +90,8 @@ def test_sample_is_reproducible_by_seed_and_keeps_intermediates(tiny_unet):
     assert len(kept) == 3 and kept[-1].shape == a.shape  # steps 0, 2 and the last (4)
 
 
-def test_guidance_combines_conditional_and_unconditional():
+@pytest.mark.parametrize("batch_guidance", [True, False])
+def test_guidance_combines_conditional_and_unconditional(batch_guidance):
     calls = []
 
     class Fake(torch.nn.Module):
@@ -99,142 +100,86 @@ def test_guidance_combines_conditional_and_unconditional():
             self.p = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, x, t, *, class_labels):
-            calls.append(class_labels[0].item())
-            return torch.full_like(x, float(class_labels[0]))
+            calls.append(class_labels.tolist())
+            return class_labels.float().view(-1, 1, 1, 1).expand_as(x)  # each image's ε̂ = its label
 
     schedule = NoiseSchedule("linear")
     sampler = DDIMSampler(schedule, clip_sample=None)
     y, y0 = torch.tensor([1]), torch.tensor([0])
     # ε̂ = ε̂_u + s (ε̂_c - ε̂_u) = 0 + 3 (1 - 0) = 3, so the guided run equals a model that predicts 3 everywhere.
     guided = sample(Fake(), sampler, (1, 1, 2, 2), num_steps=3, cond={"class_labels": y}, uncond={"class_labels": y0},
-                    guidance_scale=3.0, generator=torch.Generator().manual_seed(0), progress=False)
+                    guidance_scale=3.0, generator=torch.Generator().manual_seed(0), progress=False,
+                    batch_guidance=batch_guidance)
     sampler.set_timesteps(3)
     x = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(0))
     for t in sampler.timesteps:
         x = sampler.step(torch.full_like(x, 3.0), t, x)
     torch.testing.assert_close(guided, x)
-    assert calls == [1, 0] * 3
+    assert calls == ([[1, 0]] * 3 if batch_guidance else [[1], [0]] * 3)  # one pass on [cond; uncond], or two
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         sample(Fake(), sampler, (1, 1, 2, 2), num_steps=3, guidance_scale=-1.0, progress=False)
 
 
-# --- Stable Diffusion's sampling as released, against the formulas and against diffusers' schedulers ---
+# --- Stable Diffusion's sampling as released, against diffusers' schedulers (the oracle) -------------------------
 
-def _sd(cls, **kw):
-    return cls(NoiseSchedule("scaled_linear"), clip_sample=None, timestep_spacing="leading", steps_offset=1,
-               final_alpha_one=False, **kw)
-
-
-def _diffusers(name):
-    import diffusers
-    return getattr(diffusers, name)(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                    beta_schedule="scaled_linear", clip_sample=False, steps_offset=1,
-                                    timestep_spacing="leading",
-                                    **({"set_alpha_to_one": False} if name == "DDIMScheduler" else {}))
+SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                    steps_offset=1, timestep_spacing="leading", num_train_timesteps=1000)
 
 
-def test_leading_spacing_is_sds_981_to_1():
-    s = _sd(DDIMSampler)
-    s.set_timesteps(50)
-    assert s.timesteps.tolist() == list(range(981, 0, -20))  # t_k = 20 k + 1
-    assert s.prev_timestep(21) == 1 and s.prev_timestep(1) == -1
-    s.set_timesteps(999)  # 999 … 1; 1000 steps would need t = 1000, which diffusers allows and the schedule lacks
-    assert s.timesteps.tolist() == list(range(999, 0, -1))
-    with pytest.raises(ValueError, match="num_steps = 1000 with steps_offset = 1 would start at t = 1000"):
-        s.set_timesteps(1000)
+def sd_sampler(cls, **kw):
+    return cls(NoiseSchedule("scaled_linear"), clip_sample=None, spacing="leading", steps_offset=1, **kw)
 
 
-def test_default_spacing_is_unchanged():
-    """The course's models keep their T-1 … 0 spacing and ᾱ_{-1} = 1 (their notebooks and model card rely on it)."""
-    s = DDIMSampler(NoiseSchedule("scaled_linear"))
-    s.set_timesteps(50)
-    assert s.timesteps[0].item() == 999 and s.timesteps[-1].item() == 0
-    assert s._alphas(0)[1] == 1.0
+@pytest.mark.parametrize("num_steps", [1, 7, 50, 500])
+def test_leading_spacing_equals_diffusers(num_steps):
+    from diffusers import DDIMScheduler
 
-
-def test_final_alpha_is_alpha_bar_0_when_asked():
-    """set_alpha_to_one=False: the last DDIM step goes to sqrt(ᾱ_0) x̂_0 + sqrt(1 - ᾱ_0) ε̂, not to x̂_0."""
-    schedule = NoiseSchedule("scaled_linear")
-    s = _sd(DDIMSampler)
-    s.set_timesteps(50)
-    x, eps = torch.randn(1, 4, 3, 3, dtype=torch.float64), torch.randn(1, 4, 3, 3, dtype=torch.float64)
-    a0, a1 = schedule.alphas_cumprod[0].item(), schedule.alphas_cumprod[1].item()
-    x0 = (x - (1 - a1) ** 0.5 * eps) / a1**0.5
-    torch.testing.assert_close(s.step(eps, 1, x), a0**0.5 * x0 + (1 - a0) ** 0.5 * eps, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("num_steps", [50, 7, 1])
-def test_ddim_matches_diffusers_configured_as_sd(num_steps):
-    """Same timesteps and, on random inputs, the same steps: 1e-5 (abs and rel) in fp64 and fp32 alike:
-    diffusers keeps ᾱ in fp32 and we in fp64, which bounds fp64 agreement at ~4e-6 relative on x̂_0 at t = 981."""
-    ref, ours = _diffusers("DDIMScheduler"), _sd(DDIMSampler)
-    ref.set_timesteps(num_steps)
+    ours = sd_sampler(DDIMSampler, set_alpha_to_one=False)
     ours.set_timesteps(num_steps)
-    assert ours.timesteps.tolist() == ref.timesteps.tolist()
-    g = torch.Generator().manual_seed(num_steps)
-    for dtype, tol in ((torch.float64, 1e-5), (torch.float32, 1e-5)):
-        for t in ref.timesteps:
-            x, eps = torch.randn(2, 4, 5, 5, generator=g, dtype=dtype), torch.randn(2, 4, 5, 5, generator=g, dtype=dtype)
-            out = ref.step(eps, t, x, eta=0.0)
-            torch.testing.assert_close(ours.step(eps, t, x), out.prev_sample, rtol=tol, atol=tol)
-            torch.testing.assert_close(ours.predict_x0(eps, t, x), out.pred_original_sample, rtol=tol, atol=tol)
+    theirs = DDIMScheduler(**SD_SCHEDULER, set_alpha_to_one=False)
+    theirs.set_timesteps(num_steps)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    if num_steps == 50:
+        assert ours.timesteps[:3].tolist() == [981, 961, 941] and ours.timesteps[-1].item() == 1
 
 
-@pytest.mark.parametrize("num_steps", [50, 999])
-def test_ddpm_matches_diffusers_configured_as_sd(num_steps):
-    """Same timesteps; with the noise diffusers draws from a generator, the same sample (fp64 to 1e-10).
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_steps_equal_diffusers(set_alpha_to_one, eta):
+    from diffusers import DDIMScheduler
 
-    diffusers' DDPM has no set_alpha_to_one: its ᾱ after the last step is 1, so ours runs with final_alpha_one=True.
-    Both draw z with torch.randn(shape, generator) on the CPU in the sample's dtype; ours draws fp32 and casts, so the
-    comparison feeds fp32 inputs and compares to 1e-5.
-    """
-    ref = _diffusers("DDPMScheduler")
-    ours = DDPMSampler(NoiseSchedule("scaled_linear"), clip_sample=None, timestep_spacing="leading", steps_offset=1)
-    ref.set_timesteps(num_steps)
-    ours.set_timesteps(num_steps)
-    assert ours.timesteps.tolist() == ref.timesteps.tolist()
-    g = torch.Generator().manual_seed(3)
-    for t in ref.timesteps[:: max(1, num_steps // 10)].tolist() + [ref.timesteps[-1].item()]:
-        x, eps = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 4, 5, 5, generator=g)
-        a = ref.step(eps, t, x, generator=torch.Generator().manual_seed(t)).prev_sample
-        b = ours.step(eps, t, x, generator=torch.Generator().manual_seed(t))
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    ours = sd_sampler(DDIMSampler, set_alpha_to_one=set_alpha_to_one, eta=eta)
+    theirs = DDIMScheduler(**SD_SCHEDULER, set_alpha_to_one=set_alpha_to_one)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    for t in ours.timesteps:  # the whole chain, with a fixed pseudo-model: ε̂ = 0.5 x + noise
+        eps = 0.5 * x + 0.1 * torch.randn(x.shape, generator=g)
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)))
+        b = theirs.step(eps, int(t), x, eta=eta, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        x = b
 
 
-def test_bad_spacing_options_are_rejected():
-    with pytest.raises(ValueError, match="timestep_spacing must be one of linspace, leading, got 'trailing'"):
-        DDIMSampler(NoiseSchedule("linear"), timestep_spacing="trailing")
-    with pytest.raises(ValueError, match="steps_offset must be an int"):
-        DDIMSampler(NoiseSchedule("linear"), steps_offset=-1)
+def test_ddpm_steps_equal_diffusers():
+    from diffusers import DDPMScheduler
+
+    ours = sd_sampler(DDPMSampler)
+    theirs = DDPMScheduler(**SD_SCHEDULER)
+    ours.set_timesteps(20)
+    theirs.set_timesteps(20)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    for t in ours.timesteps:  # the same noise draw: both take it from a generator seeded alike
+        eps = 0.5 * x + 0.1 * torch.randn(x.shape, generator=g)
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)))
+        b = theirs.step(eps, int(t), x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        x = b
 
 
-def test_batched_guidance_equals_two_passes():
-    from conftest import tiny_unet_config
-    from sdlesson.unet import UNet
-    torch.manual_seed(0)
-    model = UNet(tiny_unet_config(in_channels=4, context_dim=16))
-    context, mask = torch.randn(2, 5, 16), torch.tensor([[True] * 5, [True, True, False, False, False]])
-    cond, uncond = {"context": context, "context_mask": mask}, {"context": context, "context_mask": mask & False}
-    uncond["context_mask"][:, 0] = True
-    sampler = DDIMSampler(NoiseSchedule("scaled_linear"), clip_sample=None)
-    run = lambda batch: sample(model, sampler, (2, 4, 8, 8), num_steps=4, cond=cond, uncond=uncond,  # noqa: E731
-                               guidance_scale=5.0, batch_guidance=batch, generator=torch.Generator().manual_seed(0),
-                               progress=False)
-    torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-4)
-
-
-def test_sample_starts_from_given_latents():
-    class Zero(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.p = torch.nn.Parameter(torch.zeros(()))
-
-        def forward(self, x, t):
-            return torch.zeros_like(x)
-
-    sampler = DDIMSampler(NoiseSchedule("linear"), clip_sample=None)
-    x_T = torch.randn(1, 1, 2, 2)
-    out = sample(Zero(), sampler, (1, 1, 2, 2), num_steps=1, latents=x_T, progress=False)
-    torch.testing.assert_close(out, x_T / NoiseSchedule("linear").alphas_cumprod[-1].sqrt().float())  # x̂_0, ε̂ = 0
-    with pytest.raises(ValueError, match=r"latents must have shape \(1, 1, 3, 3\)"):
-        sample(Zero(), sampler, (1, 1, 3, 3), num_steps=1, latents=x_T, progress=False)
+def test_spacing_is_checked():
+    with pytest.raises(ValueError, match="spacing must be one of linspace, leading"):
+        DDIMSampler(NoiseSchedule("linear"), spacing="trailing")
