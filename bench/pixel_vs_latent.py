@@ -21,6 +21,7 @@ the latent pass reached (marked ~); --full times everything.
     python bench/pixel_vs_latent.py                       # best available device: cuda, then mps, then cpu
     python bench/pixel_vs_latent.py --device cpu --batch-size 4
     python bench/pixel_vs_latent.py --channels 32,64,64 --attention 0,0,1 --full
+    python bench/pixel_vs_latent.py --sd                  # SD v1.5's real UNet (860 M, text context 77×768)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from sdlesson.cost import (  # noqa: E402
     activation_memory, device_name, flops_breakdown, peak_memory, resolution_sweep, time_forward,
     time_train_step, train_step_flops, training_state_bytes, unet_for, unet_inputs,
 )
+from sdlesson.stable_diffusion import SD_UNET  # noqa: E402
 from sdlesson.train import pick_device  # noqa: E402
 from sdlesson.unet import UNetConfig, count_parameters  # noqa: E402
 
@@ -46,16 +48,26 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
 
+def text_context(base: UNetConfig, batch: int, device) -> dict:
+    """The UNet's text input, if it reads one: {"context": (B, 77, context_dim)} (random; shapes only on meta)."""
+    if not base.context_dim:
+        return {}
+    if torch.device(device).type == "meta":
+        return {"context": torch.empty(batch, 77, base.context_dim, device=device)}
+    return {"context": torch.randn(batch, 77, base.context_dim, generator=torch.Generator().manual_seed(0)).to(device)}
+
+
 def count(base: UNetConfig, channels: int, size: int, *, math_attention: bool) -> dict:
     """Everything counted on the meta device for one UNet at batch 1."""
     model = unet_for(channels, size, base=base, device="meta")
     x, t = unet_inputs(channels, size, device="meta")
-    parts = flops_breakdown(model, x, t)
+    kw = text_context(base, 1, "meta")
+    parts = flops_breakdown(model, x, t, **kw)
     by_op = {kind: sum(p.get(kind, 0) for p in parts.values()) for kind in ("conv", "linear", "attention")}
     return dict(
-        parts=parts, by_op=by_op, flops=sum(by_op.values()), train_flops=train_step_flops(model, x, t),
-        activations=activation_memory(model, x, t),
-        activations_math=activation_memory(model, x, t, attention_kernel="math") if math_attention else None,
+        parts=parts, by_op=by_op, flops=sum(by_op.values()), train_flops=train_step_flops(model, x, t, **kw),
+        activations=activation_memory(model, x, t, **kw),
+        activations_math=activation_memory(model, x, t, attention_kernel="math", **kw) if math_attention else None,
         params=count_parameters(model), state=training_state_bytes(model),
     )
 
@@ -67,7 +79,8 @@ def measure(kind: str, base, channels, size, device, *, batch, repeats, warmup) 
     x, t = unet_inputs(channels, size, batch_size=batch, device=device)
     timer = time_forward if kind == "forward" else time_train_step
     seconds = []
-    peak = peak_memory(lambda: seconds.append(timer(model, x, t, repeats=repeats, warmup=warmup)), device=device)
+    kw = text_context(base, batch, device)
+    peak = peak_memory(lambda: seconds.append(timer(model, x, t, repeats=repeats, warmup=warmup, **kw)), device=device)
     del model, x, t
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -105,12 +118,17 @@ def main():
     parser.add_argument("--max-seconds", type=float, default=60.0,
                         help="without --full, estimate (don't run) a pass expected to take longer than this")
     parser.add_argument("--sweep-channels", type=int, default=3, help="input channels of the resolution sweep")
+    parser.add_argument("--sd", action="store_true",
+                        help="SD v1.5's real UNet (sdlesson.stable_diffusion.SD_UNET) at SD's size, in place of "
+                             "--channels/--attention; its resolution sweep runs at multiples of 64 pixels")
     args = parser.parse_args()
 
     device = pick_device(args.device)
     attention = args.attention or tuple(int(i > 0) for i in range(len(args.channels)))
     base = UNetConfig(block_channels=args.channels, attention_levels=attention,
                       layers_per_block=args.layers_per_block, attention_head_dim=args.head_dim)
+    if args.sd:
+        base = SD_UNET
     print(f"device: {device} ({device_name(device)}), torch {torch.__version__}, fp32")
     print(f"UNet: block_channels {base.block_channels}, attention {base.attention_levels}, "
           f"layers_per_block {base.layers_per_block}, attention_head_dim {base.attention_head_dim}")
@@ -119,6 +137,8 @@ def main():
         "Stable Diffusion's size": ((3, 512), (4, 64), args.sd_batch_size),
         "the course's size": ((3, 64), (4, 8), args.batch_size),
     }
+    if args.sd:  # SD's UNet halves the side 3 times: the course's 8×8 latents would shrink to 1×1
+        del sizes["the course's size"]
     best_rate = None  # the highest FLOP/s measured so far: estimates what we don't run
     for name, (pixel, latent, batch) in sizes.items():
         sd = name.startswith("Stable")
@@ -201,6 +221,8 @@ def main():
     print(f"{'side':>6} {'numbers':>10} {'GFLOPs':>12} {'× previous':>11} {'attention':>10} "
           f"{'activations MB':>15} {'× previous':>11}")
     previous = None
+    if args.sd:
+        sweep_sizes = [s for s in sweep_sizes if s >= 64]
     for r in resolution_sweep(base, args.sweep_channels, sweep_sizes):
         growth = ("", "") if previous is None else (f"{r.flops / previous.flops:.1f}×",
                                                      f"{r.activation_bytes / previous.activation_bytes:.1f}×")

@@ -1,20 +1,25 @@
 """`python -m sdlesson ...`: train the course's checkpoints, and evaluate them.
 
     python -m sdlesson train silhouette_classifier
-    python -m sdlesson train silhouette_unet --steps 4000 --precision bf16
-    python -m sdlesson evaluate silhouette_unet
+    python -m sdlesson train silhouette_unet --steps 4000 --precision bf16 --out runs/
+    torchrun --standalone --nproc_per_node=2 -m sdlesson train silhouette_unet
+    python -m sdlesson evaluate silhouette_unet --num-steps 50
     python -m sdlesson generate "a large cat face in the center on a blue background" --seed 1 --out cat.png
 
-`train` keeps its full state (weights, EMA, optimizer, loss history) in runs/NAME.train.safetensors and resumes
-from it when run again; when done it writes the EMA weights alone to data/NAME.safetensors with what the model
-card needs (command, steps, wall time, hardware) in the file's metadata.
+`train` makes a model from its recipe (sdlesson/recipes.py), keeps its full state (weights, EMA, optimizer, loss
+history) in runs/NAME.train.safetensors and resumes from it when run again; when done it writes the EMA weights
+alone to ./NAME.safetensors (or where --out says) with what the model card needs (command, steps, wall time,
+hardware) in the file's metadata. The same command gives the same tensors. Under torchrun it trains with
+DistributedDataParallel, one process per GPU (or several on a CPU), on the same global batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import dataclasses
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -22,16 +27,10 @@ import torch
 
 from . import checkpoint as ckpt
 from . import pretrained as pre
-from .classifier import Classifier, classification_loss
+from . import recipes
 from .cost import device_name
-from .scenes import make_scenes
-from .vae import VAE, decoder_loss, vae_loss
-from .data import load_silhouettes
-from .latents import encode_scenes
-from .text import CLIP, clip_loss, encode_prompts
-from .schedule import NoiseSchedule
-from .train import DiffusionLoss, Trainer, pick_device
-from .unet import UNet, count_parameters
+from .train import Trainer, pick_device
+from .unet import count_parameters
 
 
 LOSS_CURVE_EVERY = 50  # the shipped file keeps the training loss averaged over blocks of this many steps
@@ -41,147 +40,188 @@ def loss_curve(history: list[float], every: int) -> list[float]:
     return [round(sum(history[i:i + every]) / len(history[i:i + every]), 5) for i in range(0, len(history), every)]
 
 
-def recipe(name: str):
-    """(model, loss_fn, data, train config) for a shipped checkpoint."""
-    if name == "silhouette_unet":
-        images, _ = load_silhouettes("train")
-        return UNet(pre.SILHOUETTE_UNET), DiffusionLoss(NoiseSchedule(pre.SILHOUETTE_SCHEDULE)), images, pre.SILHOUETTE_TRAIN
-    if name == "silhouette_classifier":
-        return (Classifier(pre.SILHOUETTE_CLASSIFIER), classification_loss, load_silhouettes("train"),
-                pre.SILHOUETTE_CLASSIFIER_TRAIN)
-    if name == "scene_vae":
-        images, _, _ = make_scenes(pre.SCENE_TRAIN_COUNT, seed=pre.SCENE_TRAIN_SEED)  # uint8, 246 MB
-        return (VAE(pre.SCENE_VAE), functools.partial(vae_loss, kl_weight=pre.SCENE_VAE_KL_WEIGHT), images,
-                pre.SCENE_VAE_TRAIN)
-    if name == "scene_judge":
-        seen = make_scenes(16000, seed=pre.SCENE_JUDGE_SEED, split="train")
-        heldout = make_scenes(4000, seed=pre.SCENE_JUDGE_SEED, split="heldout")
-        data = (torch.cat([seen[0], heldout[0]]), torch.cat([seen[2], heldout[2]]))  # uint8 images, (N, 4) labels
-        return Classifier(pre.SCENE_JUDGE), classification_loss, data, pre.SCENE_JUDGE_TRAIN
-    if name == "scene_vae_decoder":  # starts from the shipped VAE; the encoder is frozen
-        vae = pre.load_pretrained("scene_vae")
-        vae.encoder.requires_grad_(False)
-        images, _, _ = make_scenes(pre.SCENE_TRAIN_COUNT, seed=pre.SCENE_TRAIN_SEED)
-        loss = functools.partial(decoder_loss, edge_weight=pre.SCENE_DECODER_EDGE_WEIGHT)
-        return vae.train(), loss, images, pre.SCENE_DECODER_TRAIN
-    if name.startswith("scene_"):  # the rest train on the training scenes' latents, encoded once by the shipped VAE
-        latents, captions, _ = encode_scenes(pre.load_pretrained("scene_vae"), pre.SCENE_TRAIN_COUNT,
-                                             seed=pre.SCENE_TRAIN_SEED, scale=pre.scene_latent_scale())
-        schedule = NoiseSchedule(pre.SCENE_SCHEDULE)
-    if name == "scene_latent_unet":
-        return UNet(pre.SCENE_LATENT_UNET), DiffusionLoss(schedule), latents, pre.SCENE_LATENT_TRAIN
-    if name == "scene_clip":
-        ids, mask = pre.SCENE_CLIP.tokenizer()(captions)
-        return CLIP(pre.SCENE_CLIP), clip_loss, (latents, ids, mask), pre.SCENE_CLIP_TRAIN
-    if name == "scene_text_unet":  # the frozen text encoder's token embeddings, computed once per caption
-        context, mask = encode_prompts(pre.load_pretrained("scene_clip"), captions)
-        loss = DiffusionLoss(schedule, p_uncond=pre.SCENE_TEXT_P_UNCOND)
-        return UNet(pre.SCENE_TEXT_UNET), loss, (latents, context, mask), pre.SCENE_TEXT_TRAIN
-    raise SystemExit(f"unknown model {name!r}: expected one of {', '.join(pre.RECIPES)}")
+def output_path(out: str | None, name: str) -> Path:
+    """--out: a .safetensors file, or a folder for NAME.safetensors (made if missing); default the current folder."""
+    path = Path(out) if out else Path.cwd()
+    if path.suffix == ".safetensors":
+        if not path.parent.is_dir():
+            raise ValueError(f"--out: folder {str(path.parent)!r} does not exist")
+        return path
+    if path.suffix:
+        raise ValueError(f"--out must be a folder or a .safetensors file, got {out!r}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path / f"{name}.safetensors"
+
+
+def start_processes(device: str | None) -> torch.device:
+    """Under torchrun (WORLD_SIZE set): join the process group, NCCL on CUDA, gloo on a CPU; one GPU per process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return pick_device(device)
+    import torch.distributed as dist
+
+    device = pick_device(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # reads RANK, WORLD_SIZE, MASTER_ADDR, ...
+    return device
 
 
 def train(args) -> None:
-    model, loss_fn, data, config = recipe(args.name)
-    overrides = {k: v for k, v in (("steps", args.steps), ("precision", args.precision)) if v is not None}
-    config = dataclasses.replace(config, **overrides)
-    runs = Path(args.runs)
-    runs.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(model, loss_fn, data, config, device=args.device, checkpoint_path=runs / f"{args.name}.train.safetensors")
-    print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
-          + (f", resuming at step {trainer.step}" if trainer.step else ""))
-    trainer.fit()
-    out = Path(args.out) if args.out else pre.DATA_DIR / f"{args.name}.safetensors"
-    command = "python -m sdlesson " + " ".join(sys.argv[1:])
-    extra = {}
-    if args.name == "scene_vae":  # the latent scale factor, 1 / std of the training latents (SD's 0.18215 rule)
-        from .latents import latent_scale
+    recipe = recipes.get(args.name)
+    overrides = {k: v for k, v in (("steps", args.steps), ("precision", args.precision),
+                                   ("checkpoint_every", args.checkpoint_every)) if v is not None}
+    config = dataclasses.replace(recipe.train, **overrides)
+    out = output_path(args.out, args.name)  # checked before any data is made
+    device = start_processes(args.device)
+    try:
+        model, data = recipe.build_model(), recipe.data()
+        runs = Path(args.runs)
+        runs.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(model, recipe.loss, data, config, device=device,
+                          checkpoint_path=runs / f"{args.name}.train.safetensors")
+        if trainer.rank == 0:
+            print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
+                  + (f" × {trainer.world_size} processes" if trainer.world_size > 1 else "")
+                  + (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
+        trainer.fit()
+        if trainer.rank != 0:
+            return
+        command = "python -m sdlesson " + " ".join(sys.argv[1:])
+        extra = recipe.metadata(trainer.ema_model, data) if recipe.metadata else {}
+        ckpt.save_model(out, trainer.ema_model, dtype=recipe.dtype, command=command, **extra, steps=trainer.step,
+                        seconds=round(trainer.seconds, 1), hardware=device_name(trainer.device),
+                        processes=trainer.world_size, torch=torch.__version__, train_config=dataclasses.asdict(config),
+                        loss_curve=loss_curve(trainer.history, LOSS_CURVE_EVERY), loss_curve_every=LOSS_CURVE_EVERY)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
-        extra["latent_scale"] = latent_scale(trainer.ema_model, data[:2000])
-    dtype = torch.float16 if args.name in pre.HALF_PRECISION else None
-    ckpt.save_model(out, trainer.ema_model, dtype=dtype, command=command, **extra, steps=trainer.step, seconds=round(trainer.seconds, 1),
-                    hardware=device_name(trainer.device), torch=torch.__version__, train_config=dataclasses.asdict(config),
-                    loss_curve=loss_curve(trainer.history, LOSS_CURVE_EVERY), loss_curve_every=LOSS_CURVE_EVERY)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {trainer.seconds / 60:.1f} min of training")
+
+# The options of `evaluate` each model takes (its evaluate_NAME function's keyword: CLI flag); others are refused.
+EVALUATE_OPTIONS = {
+    "silhouette_unet": {"num_samples": "--num-samples", "num_steps": "--num-steps", "sampler": "--sampler"},
+    "scene_latent_unet": {"num_samples": "--num-samples", "num_steps": "--num-steps", "sampler": "--sampler"},
+    "scene_text_unet": {"guidance_scale": "--guidance", "num_steps": "--num-steps"},
+}
+EVALUATE_FLAGS = {"--num-samples": "num_samples", "--num-steps": "num_steps", "--sampler": "sampler",
+                  "--guidance": "guidance"}  # flag: its attribute in args
 
 
 def evaluate(args) -> None:
     from . import evaluate as ev
 
-    device = pick_device(args.device)
-    if args.name in ("silhouette_unet", "scene_latent_unet"):
-        report = getattr(ev, f"evaluate_{args.name}")(device=device, num_samples=args.num_samples,
-                                                      num_steps=args.num_steps, sampler=args.sampler)
-    elif args.name == "scene_text_unet":
-        report = ev.evaluate_scene_text_unet(device=device, guidance_scale=args.guidance, num_steps=args.num_steps)
-    else:
-        report = getattr(ev, f"evaluate_{args.name}")(device=device)
+    recipes.get(args.name)  # ValueError for an unknown name
+    takes = EVALUATE_OPTIONS.get(args.name, {})
+    given = [flag for flag, attr in EVALUATE_FLAGS.items() if getattr(args, attr) is not None]
+    refused = [flag for flag in given if flag not in takes.values()]
+    if refused:
+        accepted = ", ".join(takes.values()) or "no options but --device"
+        raise ValueError(f"evaluate {args.name} does not use {', '.join(refused)} (it takes {accepted})")
+    options = {key: getattr(args, EVALUATE_FLAGS[flag]) for key, flag in takes.items()
+               if getattr(args, EVALUATE_FLAGS[flag]) is not None}
+    report = getattr(ev, f"evaluate_{args.name}")(device=pick_device(args.device), **options)
     for key, value in report.items():
         print(f"{key:>36}: {value}")
 
 
 def generate(args, parser) -> None:
     """Check every argument before loading a model, so a mistake costs no time and says what was expected."""
-    from .generate import TextToImage
+    from .checks import check_device
+    from .generate import DEFAULT_GUIDANCE, SD_GUIDANCE, SD_STEPS, TextToImage
     from .viz import image_grid, to_png
 
     if not args.prompt.strip():
         parser.error('the prompt is empty; give one such as "a small dog face in the top left on a green background"')
-    if not 1 <= args.steps <= 1000:
-        parser.error(f"--steps must be from 1 to 1000 (the training timesteps), got {args.steps}")
-    if args.guidance < 0:
-        parser.error(f"--guidance must be >= 0 (1 = no guidance, 3 = the default), got {args.guidance}")
+    sd = args.model is not None
+    num_steps = args.num_steps if args.num_steps is not None else (SD_STEPS if sd else 25)
+    guidance = args.guidance if args.guidance is not None else (SD_GUIDANCE if sd else DEFAULT_GUIDANCE)
+    if not 1 <= num_steps <= 1000:
+        parser.error(f"--num-steps must be from 1 to 1000 (the training timesteps), got {num_steps}")
+    if not math.isfinite(guidance) or guidance < 0:
+        parser.error(f"--guidance must be a finite number >= 0 (1 = no guidance), got {guidance}")
     if not 1 <= args.num_images <= 64:
         parser.error(f"--num-images must be from 1 to 64, got {args.num_images}")
     if args.zoom < 1:
         parser.error(f"--zoom must be >= 1, got {args.zoom}")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and (not sd or value < 64 or value % 64):
+            parser.error(f"--{name} applies to --model (Stable Diffusion) and must be a multiple of 64, got {value}"
+                         if sd else f"--{name} applies only with --model: the course's models make 64×64 scenes")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         parser.error(f"--out must name a .png file, got {args.out!r}")
     if not out.parent.is_dir():
         parser.error(f"--out: folder {str(out.parent)!r} does not exist")
-    tokenizer = pre.SCENE_CLIP.tokenizer()
-    for text in filter(None, (args.prompt, args.negative)):
-        try:
-            tokenizer(text)  # unknown words are named now, before any model loads
-        except ValueError as e:
-            parser.error(str(e))
-    pipe = TextToImage.from_pretrained(device=pick_device(args.device))
-    images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=args.steps,
-                  guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler)
-    out.write_bytes(to_png(image_grid(images, nrow=args.nrow), scale=args.zoom))
-    print(f"wrote {out}: {args.num_images} image(s) of 64×64 for {args.prompt!r}")
+    device = check_device(args.device) if args.device else pick_device()
+    if sd:
+        if not Path(args.model).exists():
+            parser.error(f"--model: no Stable Diffusion weights at {args.model!r} (a diffusers folder with unet/, "
+                         "vae/, text_encoder/, tokenizer/, or a single .safetensors file)")
+        pipe = TextToImage.from_stable_diffusion(args.model, device=device)
+        if device.type == "cpu":
+            print("Stable Diffusion on a CPU takes minutes per 512×512 image at 50 steps (two UNet passes a step, "
+                  "guidance); fewer --num-steps or a smaller --height/--width cost less", file=sys.stderr)
+    else:
+        tokenizer = pre.SCENE_CLIP.tokenizer()
+        for text in filter(None, (args.prompt, args.negative)):
+            try:
+                tokenizer(text)  # unknown words are named now, before any model loads
+            except ValueError as e:
+                parser.error(str(e))
+        pipe = TextToImage.from_pretrained(device=device)
+    images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=num_steps,
+                  guidance_scale=guidance, seed=args.seed, sampler=args.sampler, height=args.height, width=args.width)
+    grid = image_grid(images, nrow=args.nrow, pad=1 if len(images) > 1 else 0)  # one image: written as it is
+    out.write_bytes(to_png(grid, scale=args.zoom if not sd else 1))
+    side = f"{images.shape[-2]}×{images.shape[-1]}"
+    print(f"wrote {out}: {args.num_images} image(s) of {side} for {args.prompt!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Mistakes on the command line: one line and exit status 2 (argparse's own status), no usage dump, no traceback."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdlesson", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="python -m sdlesson", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    names = ", ".join(recipes.RECIPES)
 
-    p = sub.add_parser("train", help="train a shipped checkpoint (resumes where a previous run stopped)")
-    p.add_argument("name", choices=sorted(pre.RECIPES))
+    p = sub.add_parser("train", help="train a shipped checkpoint from its recipe (resumes where a run stopped)")
+    p.add_argument("name", help=f"one of {names}")
     p.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's (auto)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between saves of the training state (default: the recipe's)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")
-    p.add_argument("--out", help="where to write the weights (default: data/NAME.safetensors)")
+    p.add_argument("--out", help="a folder, or a .safetensors file, for the weights (default: ./NAME.safetensors)")
     p.set_defaults(func=train)
 
     p = sub.add_parser("evaluate", help="measure a shipped checkpoint's quality")
-    p.add_argument("name", choices=sorted(pre.RECIPES))
+    p.add_argument("name", help=f"one of {names}")
     p.add_argument("--device")
-    p.add_argument("--num-samples", type=int, default=1000, help="unconditional UNets: how many samples to judge")
-    p.add_argument("--num-steps", type=int, help="sampling steps (default: 100 for silhouettes, 50 for latents, 25 for text)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="unconditional UNets (default: ddim)")
+    p.add_argument("--num-samples", type=int, help="unconditional UNets: how many samples to judge (default: 1000)")
+    p.add_argument("--num-steps", type=int, help="UNets: sampling steps (default: 100 for silhouettes, 50 for latents, 25 for text)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), help="unconditional UNets (default: ddim)")
     p.add_argument("--guidance", type=float, help="scene_text_unet: the guidance scale (default: the generate default)")
     p.set_defaults(func=evaluate)
 
-    from .generate import DEFAULT_GUIDANCE
-
-    p = sub.add_parser("generate", help="text to image with the shipped models, written to a PNG")
+    p = sub.add_parser("generate", help="text to image with the shipped models (or SD weights), written to a PNG")
     p.add_argument("prompt", help='e.g. "a small dog face in the top left on a green background"')
+    p.add_argument("--model", help="Stable Diffusion v1.x weights: a diffusers folder or a single .safetensors file "
+                                   "(default: the course's own scene models)")
     p.add_argument("--negative", help="negative prompt: what guidance steers away from")
-    p.add_argument("--steps", type=int, default=25, help="sampling steps (default: 25)")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default: {DEFAULT_GUIDANCE})")
+    p.add_argument("--num-steps", type=int, help="sampling steps (default: 25; 50 with --model)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 3; 7.5 with --model)")
+    p.add_argument("--height", type=int, help="with --model: image height, a multiple of 64 (default: 512)")
+    p.add_argument("--width", type=int, help="with --model: image width, a multiple of 64 (default: 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", "--num-images", type=int, default=4, help="(default: 4)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
@@ -192,4 +232,8 @@ def main(argv=None) -> None:
     p.set_defaults(func=functools.partial(generate, parser=p))
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:  # found by the library: one line, exit status 2
+        print(f"python -m sdlesson {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -87,6 +87,8 @@ def load_photo(name: str = "chelsea", *, size: int | None = 64) -> torch.Tensor:
     """
     if name not in PHOTOS:
         raise ValueError(f"unknown photo {name!r}: expected one of {PHOTOS} (the others in skimage.data need a download)")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int (pixels a side) or None (full resolution), got {size!r}")
     import skimage.data
 
     img = torch.from_numpy(np.ascontiguousarray(getattr(skimage.data, name)())).permute(2, 0, 1)[None].float()

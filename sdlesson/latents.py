@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_number
 from .data import to_float
 from .scenes import make_scenes
 
@@ -47,6 +48,7 @@ def encode_scenes(vae, count: int, *, seed: int, split: str = "train", scale: fl
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
     """Latents × scale (N, 4, h, w) -> uint8 images (N, 3, 8h, 8w), like make_scenes' images: divide, then decode."""
+    scale = check_number("scale", scale, low=0, low_open=True)
     vae.eval()
     device = next(vae.parameters()).device
     out = [vae.decode(latents[i:i + batch_size].to(device) / scale).clamp(-1, 1).cpu()

@@ -1,4 +1,4 @@
-"""Measuring generated images: Fréchet distance, PSNR, class histograms."""
+"""Measuring generated images: Fréchet distance, PSNR, SSIM, class histograms."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if features_a.dim() != 2 or features_b.dim() != 2 or features_a.shape[1] != features_b.shape[1]:
         raise ValueError(f"expected two (N, D) feature sets with the same D, got {tuple(features_a.shape)} "
                          f"and {tuple(features_b.shape)}")
+    if min(len(features_a), len(features_b)) < 2:
+        raise ValueError(f"each feature set needs at least 2 samples to have a covariance, got {len(features_a)} "
+                         f"and {len(features_b)}")
     a, b = features_a.double(), features_b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
@@ -27,8 +30,45 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB, for images in [-1, 1] (data_range 2): 10 log10(range² / MSE)."""
+    if x.shape != y.shape or x.dim() < 2:
+        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and {tuple(y.shape)}")
     mse = (x.float() - y.float()).square().flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image (Wang et al. 2004), for (N, C, H, W) images in [-1, 1] (data_range 2).
+
+        SSIM = (2 μ_x μ_y + c1)(2 σ_xy + c2) / ((μ_x² + μ_y² + c1)(σ_x² + σ_y² + c2)),  c1 = (0.01 L)², c2 = (0.03 L)²
+
+    Local means, variances and covariance use an 11x11 Gaussian window (σ 1.5, radius 5) over 'valid' positions
+    only, averaged over positions and channels: skimage's structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False). Unlike PSNR it scores local structure (edges, contrast), not squared error.
+    """
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"expected two (N, C, H, W) image batches of the same shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+    radius = int(3.5 * sigma + 0.5)  # skimage's truncate=3.5: radius 5 for σ 1.5, an 11x11 window
+    if min(x.shape[-2:]) < 2 * radius + 1:
+        raise ValueError(f"expected images at least {2 * radius + 1} pixels on a side for sigma={sigma}, "
+                         f"got {tuple(x.shape[-2:])}")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    g = g / g.sum()  # (2r+1,) normalised 1-D Gaussian
+    channels = x.shape[1]
+    window = (g[:, None] * g[None, :]).expand(channels, 1, -1, -1)  # (C, 1, 2r+1, 2r+1) one window per channel
+
+    def local_mean(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, window, groups=channels)  # (N, C, H-2r, W-2r)
+
+    a, b = x.double(), y.double()
+    mu_a, mu_b = local_mean(a), local_mean(b)
+    var_a = local_mean(a * a) - mu_a**2  # σ_x²
+    var_b = local_mean(b * b) - mu_b**2  # σ_y²
+    cov = local_mean(a * b) - mu_a * mu_b  # σ_xy
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    ssim_map = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return ssim_map.flatten(1).mean(1).float()  # (N,)
 
 
 def class_histogram(probs: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:

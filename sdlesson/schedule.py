@@ -74,6 +74,13 @@ class NoiseSchedule:
             )
         return t
 
+    def _check_batch(self, t, x: torch.Tensor) -> None:
+        """One timestep for the whole batch, or one per image: (), (1,) or (B,)."""
+        shape = tuple(self.check_timesteps(t).shape)
+        if shape not in ((), (1,), (x.shape[0],)):
+            raise ValueError(f"t must be one timestep or one per image, shape ({x.shape[0]},), got shape {shape} "
+                             f"for images of shape {tuple(x.shape)}")
+
     def _at(self, values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
         """values[t], shaped to broadcast over `like`: (B,) -> (B, 1, 1, 1)."""
         t = self.check_timesteps(t).cpu()
@@ -84,11 +91,13 @@ class NoiseSchedule:
         """Forward diffusion in closed form: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        self._check_batch(t, x0)
         a_bar = self._at(self.alphas_cumprod, t, x0)
         return a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * noise
 
     def step_forward(self, x_prev: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
         """One forward step: x_t = sqrt(1 - β_t) x_{t-1} + sqrt(β_t) ε (x_{-1} is the clean image)."""
+        self._check_batch(t, x_prev)
         beta = self._at(self.betas, t, x_prev)
         return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 

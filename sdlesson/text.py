@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -59,7 +60,11 @@ class Tokenizer:
             known = " ".join(self.vocab[3:])
             raise ValueError(f"unknown word(s) {', '.join(map(repr, dict.fromkeys(unknown)))} in {prompt!r}; "
                              f"the text encoder knows only: {known}")
-        return words[: self.max_length - 2]  # truncated, like CLIP at 77 tokens
+        keep = self.max_length - 2  # <bos> and <eos> take two places
+        if len(words) > keep:  # truncated, like CLIP at 77 tokens — but never silently: the meaning changes
+            warnings.warn(f"prompt {prompt!r} has {len(words)} words; the text encoder reads only the first {keep}, "
+                          f"so {' '.join(words[keep:])!r} is dropped", stacklevel=3)
+        return words[:keep]
 
     def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt(s) -> ids (B, max_length) long, mask (B, max_length) bool (True on <bos>, the words and <eos>)."""
@@ -85,9 +90,13 @@ class CLIPConfig:
     image_size: int = 8
     image_width: int = 64
     embed_dim: int = 64  # the shared space where captions and images are compared
+    vocab_size: int | None = None  # token ids; None: the words + 3 specials (CLIP's BPE: 49,408, vocab left empty)
+    activation: str = "gelu"  # the MLP's: "gelu", or "quick_gelu" x·σ(1.702x), OpenAI CLIP's cheaper approximation
 
     def __post_init__(self):
         self.vocab = tuple(self.vocab)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -98,17 +107,25 @@ class CLIPConfig:
         return Tokenizer(self.vocab, self.max_length)
 
 
+class QuickGELU(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(1.702 * x)  # ≈ GELU(x), as OpenAI trained CLIP
+
+
+ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm: x + causal self-attention(LN(x)), then x + MLP(LN(x)), as in CLIP's text tower and GPT-2."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, activation: str = "gelu"):
         super().__init__()
         self.heads = heads
         self.ln1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), ACTIVATIONS[activation](), nn.Linear(4 * width, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
@@ -124,12 +141,17 @@ class TextEncoder(nn.Module):
 
     def __init__(self, config: CLIPConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(len(config.vocab) + 3, config.width)
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size or len(config.vocab) + 3, config.width)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.01)
-        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.activation)
+                                    for _ in range(config.layers))
         self.ln_final = nn.LayerNorm(config.width)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype != torch.long or ids.dim() != 2 or ids.shape[1] > self.config.max_length:
+            raise ValueError(f"expected token ids (B, L <= {self.config.max_length}) of dtype long, "
+                             f"got {ids.dtype} {tuple(ids.shape)}")
         x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]  # (B, L, width)
         for block in self.blocks:
             x = block(x)

@@ -4,14 +4,22 @@
     trainer.fit()          # resumes from checkpoint_path if it exists, saves there every checkpoint_every steps
     sample_with(trainer.ema_model)
 
-Exact resume: every random draw of step k (the batch, the timesteps, the noise) comes from a generator seeded
-by (seed, k), and the checkpoint holds the weights, the EMA, the optimizer state and the loss history, so a run
-stopped and resumed ends where an uninterrupted one does.
+Exact resume: every random draw of step k (the batch, the timesteps, the noise, dropout) comes from a generator
+seeded by (seed, k), and the checkpoint holds the weights, the EMA, the optimizer state and the loss history, so a
+run stopped and resumed ends where an uninterrupted one does.
+
+Several processes (`torchrun --nproc_per_node=N -m sdlesson train NAME`): when a torch.distributed process group is
+up, the Trainer wraps the model in DistributedDataParallel. Every process draws the whole global batch's indices
+(and a DiffusionLoss its timesteps and noise) from the (seed, k) generator and keeps its own slice, so the global
+batch, the averaged gradient, the EMA and the loss history (averaged over processes) are one process's, up to
+the order of float sums. Only rank 0 shows progress and writes checkpoints. Without a process group none of
+this runs.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import sys
@@ -20,17 +28,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .checks import check_device, check_number
 from .schedule import NoiseSchedule
 
 
 def pick_device(device=None) -> torch.device:
     """The given device, else the best available: cuda, then mps, then cpu."""
     if device is not None:
-        return torch.device(device)
+        return check_device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -60,6 +70,13 @@ class TrainConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_number("lr", self.lr, low=0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0)
+        check_number("ema_decay", self.ema_decay, low=0, high=1, high_open=True)
+        check_number("grad_clip", self.grad_clip, low=0, low_open=True)
+        if self.warmup_steps < 0 or self.checkpoint_every < 1:
+            raise ValueError(f"warmup_steps must be >= 0 and checkpoint_every >= 1, got {self.warmup_steps} and "
+                             f"{self.checkpoint_every}")
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -76,6 +93,13 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def process_group() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless a torch.distributed process group is up (torchrun, then init)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class DiffusionLoss:
     """ε-prediction loss: pick t, noise x_0 to x_t in closed form, ask the model for ε, compare by mean squared error.
 
@@ -85,15 +109,19 @@ class DiffusionLoss:
 
     def __init__(self, schedule: NoiseSchedule, *, p_uncond: float = 0.0):
         self.schedule = schedule
-        self.p_uncond = p_uncond
+        self.p_uncond = check_number("p_uncond", p_uncond, low=0, high=1)  # the share of dropped conditions
 
-    def __call__(self, model, batch, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, model, batch, generator: torch.Generator, *, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """shard = (first, total): the batch is examples first … first + B of a global batch of `total` (several
+        processes); the draws are the whole global batch's, so each example gets the same t and ε for any split."""
         x0 = batch[0]
         B = x0.shape[0]
-        t = torch.randint(0, self.schedule.num_timesteps, (B,), generator=generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        first, total = shard or (0, B)
+        mine = slice(first, first + B)
+        t = torch.randint(0, self.schedule.num_timesteps, (total,), generator=generator)[mine].to(x0.device)
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
         x_t = self.schedule.add_noise(x0, noise, t)  # x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε
-        drop = (torch.rand(B, generator=generator) < self.p_uncond).to(x0.device)
+        drop = (torch.rand(total, generator=generator)[mine] < self.p_uncond).to(x0.device)
         pred = model(x_t, t, **condition_kwargs(model, batch[1:], drop))
         return F.mse_loss(pred.float(), noise)  # || ε - ε_θ(x_t, t) ||²
 
@@ -103,7 +131,7 @@ def condition_kwargs(model, cond: tuple, drop: torch.Tensor) -> dict:
     if not cond:
         return {}
     if len(cond) == 1:  # class labels; the extra index num_classes means "no class"
-        labels = torch.where(drop, model.config.num_classes, cond[0])
+        labels = torch.where(drop, getattr(model, "module", model).config.num_classes, cond[0])  # .module: DDP's
         return {"class_labels": labels}
     context, mask = cond  # text: dropped captions become empty ones (all tokens masked out but the first)
     mask = mask.clone()
@@ -119,8 +147,48 @@ def autocast_dtype(precision: str, device: torch.device):
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+class Progress:
+    """The progress of a fit. A terminal gets a tqdm bar, redrawn rarely when the output is a log file, and nothing
+    left behind. A notebook gets one line of plain text, updated in place, which ends as the fit's summary
+    (steps, final loss, wall time): that line, not a widget's "0%", is what a stored notebook shows."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool = True):
+        self.total, self.enabled = total, enabled
+        self.notebook = enabled and "ipykernel" in sys.modules and not sys.stderr.isatty()
+        self.handle, self.bar, self.shown = None, None, 0.0
+        if self.notebook:
+            from IPython.display import display
+
+            self.handle = display({"text/plain": f"training: step {initial}/{total}"}, raw=True, display_id=True)
+        elif enabled:
+            quiet_log = not sys.stderr.isatty()  # in a log file a redrawn bar becomes thousands of lines
+            self.bar = tqdm(total=total, initial=initial, desc="training", leave=False,
+                            mininterval=30 if quiet_log else 0.1)
+
+    @staticmethod
+    def recent_loss(history: list[float]) -> float:
+        return sum(history[-25:]) / len(history[-25:])
+
+    def update(self, step: int, history: list[float]):
+        if self.bar is not None:
+            self.bar.update(1)
+            if step % 25 == 0 or step == self.total:
+                self.bar.set_postfix(loss=f"{self.recent_loss(history):.4f}")
+        elif self.handle is not None and time.perf_counter() - self.shown > 1.0:
+            self.shown = time.perf_counter()
+            self.handle.update({"text/plain": f"training: step {step}/{self.total}, "
+                                              f"loss {self.recent_loss(history):.4f}"}, raw=True)
+
+    def close(self, step: int, history: list[float], seconds: float):
+        if self.bar is not None:
+            self.bar.close()
+        elif self.handle is not None and history:
+            self.handle.update({"text/plain": f"trained {step} steps: loss {self.recent_loss(history):.4f} "
+                                              f"(mean of the last {min(25, len(history))}), {seconds:.0f} s"}, raw=True)
+
+
 class Trainer:
-    """AdamW, EMA, gradient clipping, mixed precision, a progress bar, the loss history, atomic checkpoints."""
+    """AdamW, EMA, gradient clipping, mixed precision, progress, the loss history, atomic checkpoints; DDP under torchrun."""
 
     def __init__(self, model, loss_fn, data, config: TrainConfig | None = None, *, device=None,
                  checkpoint_path=None, progress: bool = True):
@@ -132,22 +200,50 @@ class Trainer:
         data = (data,) if isinstance(data, torch.Tensor) else tuple(data)
         if not data or any(len(d) != len(data[0]) for d in data):
             raise ValueError("data must be a tensor, or a tuple of tensors with the same first dimension")
+        if len(data[0]) == 0:
+            raise ValueError("data is empty: the Trainer needs at least one example to draw batches from")
         self.data = tuple(d.to(self.device) for d in data)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         self.amp_dtype = autocast_dtype(self.config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # Dropout draws from the global RNG: seed it per step (inside fork_rng) so those draws are reproducible too.
+        self.has_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
+        self.rank, self.world_size = process_group()
+        self.forward_model = self.model  # what the loss calls: the model itself, or its DDP wrapper
+        if self.world_size > 1:
+            if self.config.batch_size % self.world_size:
+                raise ValueError(f"batch_size {self.config.batch_size} must divide evenly among "
+                                 f"{self.world_size} processes")
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
+        share = self.config.batch_size // self.world_size
+        self.shard = slice(self.rank * share, (self.rank + 1) * share)  # this process's examples of each batch
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
-        self.progress = progress
+        self.progress = progress and self.rank == 0
         self.step = 0
-        self.history: list[float] = []  # the loss at every step
+        self.history: list[float] = []  # the loss at every step (averaged over processes)
         self.seconds = 0.0  # training wall time, summed over resumed runs
         if self.checkpoint_path and self.checkpoint_path.exists():
             self.load(self.checkpoint_path)
 
     def batch(self, generator: torch.Generator) -> tuple:
-        idx = torch.randint(0, len(self.data[0]), (self.config.batch_size,), generator=generator).to(self.device)
+        # The whole global batch's indices, then this process's slice (all of them in a single process).
+        idx = torch.randint(0, len(self.data[0]), (self.config.batch_size,), generator=generator)[self.shard]
+        idx = idx.to(self.device)
         return tuple(d[idx] for d in self.data)
+
+    def compute_loss(self, generator: torch.Generator) -> torch.Tensor:
+        batch = self.batch(generator)
+        if self.world_size == 1:
+            return self.loss_fn(self.forward_model, batch, generator)
+        if "shard" in inspect.signature(self.loss_fn).parameters:  # it draws the global batch's noise, keeps its slice
+            return self.loss_fn(self.forward_model, batch, generator, shard=(self.shard.start, self.config.batch_size))
+        # A loss that cannot take a shard gets a generator of its own per process: valid, but not the 1-process draws.
+        seeds = torch.randint(0, 2**62, (self.world_size,), generator=generator)
+        return self.loss_fn(self.forward_model, batch, torch.Generator().manual_seed(int(seeds[self.rank])))
 
     def train_step(self) -> float:
         cfg, model = self.config, self.model
@@ -156,15 +252,24 @@ class Trainer:
             group["lr"] = learning_rate(cfg, self.step)
         model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = self.loss_fn(model, self.batch(g), g)
+            if self.has_dropout:
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(cfg.seed * 1_000_003 + self.step + 7919 * self.rank)
+                    loss = self.compute_loss(g)
+            else:
+                loss = self.compute_loss(g)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # under DDP, backward also averages the gradients over processes
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.update_ema()
         self.step += 1
+        if self.world_size > 1:  # the history holds the global batch's loss: the mean over processes
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= self.world_size
         return loss.item()
 
     @torch.no_grad()
@@ -179,22 +284,18 @@ class Trainer:
     def fit(self, steps: int | None = None) -> list[float]:
         """Train until `steps` (default: config.steps) steps are done in all; returns the loss history."""
         steps = self.config.steps if steps is None else steps
-        # In a log file (not a terminal or notebook) a redrawn bar becomes thousands of lines: update it rarely there.
-        quiet_log = not sys.stderr.isatty() and "ipykernel" not in sys.modules
-        bar = tqdm(total=steps, initial=self.step, disable=not self.progress, desc="training", leave=False,
-                   mininterval=30 if quiet_log else 0.1)
+        bar = Progress(steps, self.step, enabled=self.progress)
         start = time.perf_counter()
         while self.step < steps:
             self.history.append(self.train_step())
-            bar.update(1)
-            if self.step % 25 == 0 or self.step == steps:
-                bar.set_postfix(loss=f"{sum(self.history[-25:]) / len(self.history[-25:]):.4f}")
+            bar.update(self.step, self.history)
             if self.checkpoint_path and (self.step % self.config.checkpoint_every == 0 or self.step == steps):
                 self.seconds += time.perf_counter() - start
                 start = time.perf_counter()
-                self.save(self.checkpoint_path)
+                if self.rank == 0:
+                    self.save(self.checkpoint_path)
         self.seconds += time.perf_counter() - start
-        bar.close()
+        bar.close(self.step, self.history, self.seconds)
         return self.history
 
     # --- checkpoints: weights, EMA and optimizer in tensors; step, history and configs in metadata ---------------

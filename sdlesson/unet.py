@@ -26,7 +26,10 @@ class UNetConfig:
     block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels
     layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up)
     attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels
-    attention_head_dim: int = 32
+    attention_head_dim: int = 32  # channels per head, so wider levels get more heads ...
+    attention_heads: int | None = None  # ... unless a fixed number of heads is set (SD v1: 8 at every level)
+    attention_block: str = "simple"  # "simple": GroupNorm + self-attention (+ cross-attention), DDPM's block;
+    # "transformer": SD's spatial transformer, a whole transformer layer over the H·W positions (see below)
     norm_groups: int = 32
     dropout: float = 0.0
     num_classes: int | None = None  # class conditioning: an embedding added to the time embedding
@@ -37,6 +40,8 @@ class UNetConfig:
         self.attention_levels = tuple(bool(a) for a in self.attention_levels)
         if self.out_channels is None:
             self.out_channels = self.in_channels
+        if self.attention_block not in ("simple", "transformer"):
+            raise ValueError(f"attention_block must be 'simple' or 'transformer', got {self.attention_block!r}")
         if len(self.attention_levels) != len(self.block_channels):
             raise ValueError(
                 f"attention_levels needs one entry per level ({len(self.block_channels)}), "
@@ -86,12 +91,13 @@ class ResBlock(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention; keys and values come from `context` when given (cross-attention)."""
 
-    def __init__(self, dim: int, *, head_dim: int, context_dim: int | None = None):
+    def __init__(self, dim: int, *, head_dim: int | None = None, heads: int | None = None,
+                 context_dim: int | None = None, bias: bool = True):
         super().__init__()
-        self.heads = max(1, dim // head_dim)
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(context_dim or dim, dim)
-        self.to_v = nn.Linear(context_dim or dim, dim)
+        self.heads = heads or max(1, dim // head_dim)  # a fixed number of heads, or one per head_dim channels
+        self.to_q = nn.Linear(dim, dim, bias=bias)  # SD's transformer: q, k, v without bias
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=bias)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=bias)
         self.to_out = nn.Linear(dim, dim)
         self.keep_weights = False  # set True to keep the attention weights of the next call in .weights, for plots
         self.weights: torch.Tensor | None = None
@@ -113,14 +119,14 @@ class Attention(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the H·W positions, then cross-attention to the text tokens if configured."""
 
-    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None):
+    def __init__(self, channels: int, *, groups: int, head_dim: int, context_dim: int | None, heads: int | None = None):
         super().__init__()
         self.norm = nn.GroupNorm(groups, channels)
-        self.self_attn = Attention(channels, head_dim=head_dim)
+        self.self_attn = Attention(channels, head_dim=head_dim, heads=heads)
         self.cross_attn = None
         if context_dim is not None:
             self.cross_norm = nn.LayerNorm(channels)
-            self.cross_attn = Attention(channels, head_dim=head_dim, context_dim=context_dim)
+            self.cross_attn = Attention(channels, head_dim=head_dim, heads=heads, context_dim=context_dim)
 
     def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -129,6 +135,47 @@ class AttentionBlock(nn.Module):
         if self.cross_attn is not None and context is not None:
             h = h + self.cross_attn(self.cross_norm(h), context, context_mask)
         return h.transpose(1, 2).reshape(B, C, H, W)
+
+
+class FeedForward(nn.Module):
+    """GEGLU (Shazeer 2020): out(h · GELU(gate)), with h and gate two halves of one projection to 4× the width."""
+
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * mult * dim)
+        self.out = nn.Linear(mult * dim, dim)
+
+    def forward(self, x):
+        h, gate = self.proj(x).chunk(2, dim=-1)  # 2 × (B, N, 4·dim)
+        return self.out(h * F.gelu(gate))
+
+
+class SpatialTransformer(nn.Module):
+    """Stable Diffusion's attention block: one transformer layer over the H·W positions, text read by cross-attention.
+
+        x ─ GroupNorm ─ 1×1 conv ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU(LN) ─ 1×1 conv ─ + x
+    """
+
+    def __init__(self, channels: int, *, groups: int, heads: int | None, head_dim: int, context_dim: int | None):
+        super().__init__()
+        kw = dict(heads=heads, head_dim=head_dim, bias=False)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.norm1 = nn.LayerNorm(channels)
+        self.attn1 = Attention(channels, **kw)
+        self.norm2 = nn.LayerNorm(channels)
+        self.attn2 = Attention(channels, context_dim=context_dim, **kw)  # self-attention again if no context_dim
+        self.norm3 = nn.LayerNorm(channels)
+        self.ff = FeedForward(channels)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, context=None, context_mask=None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (B, H·W, C)
+        h = h + self.attn1(self.norm1(h))
+        h = h + self.attn2(self.norm2(h), context, context_mask)  # the prompt enters here
+        h = h + self.ff(self.norm3(h))
+        return x + self.proj_out(h.transpose(1, 2).reshape(B, C, H, W))
 
 
 class Downsample(nn.Module):
@@ -166,8 +213,10 @@ class UNet(nn.Module):
         ch = cfg.block_channels
         emb_dim = 4 * ch[0]
         kw = dict(groups=cfg.norm_groups, dropout=cfg.dropout)
-        attn = lambda c: AttentionBlock(  # noqa: E731
-            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, context_dim=cfg.context_dim
+        block = SpatialTransformer if cfg.attention_block == "transformer" else AttentionBlock
+        attn = lambda c: block(  # noqa: E731
+            c, groups=cfg.norm_groups, head_dim=cfg.attention_head_dim, heads=cfg.attention_heads,
+            context_dim=cfg.context_dim,
         )
 
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -207,11 +256,14 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c_in)
         self.conv_out = nn.Conv2d(c_in, cfg.out_channels, 3, padding=1)
 
-    def _check_inputs(self, x, t, class_labels, context):
+    def _check_inputs(self, x, t, class_labels, context, context_mask=None):
         cfg = self.config
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected floating-point images, got dtype {x.dtype} (uint8 images: "
+                            "sdlesson.data.to_float maps 0…255 to [-1, 1])")
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
@@ -228,8 +280,20 @@ class UNet(nn.Module):
             raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
         if context is not None and cfg.context_dim is None:
             raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
+        if context is None and cfg.context_dim is not None:
+            raise ValueError(f"this UNet is text-conditioned (context_dim={cfg.context_dim}): pass context=(B, L, "
+                             f"{cfg.context_dim}) token embeddings; for an unconditional prediction, pass the empty "
+                             "prompt's embeddings, as classifier-free guidance does")
         if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
             raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+        if context is not None and context.shape[0] != x.shape[0]:
+            raise ValueError(f"context must have one row per image: batch {x.shape[0]}, got context of shape "
+                             f"{tuple(context.shape)}")
+        if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])
+                                         or context_mask.dtype != torch.bool):
+            raise ValueError(f"context_mask must be a bool tensor of shape (B, L) = "
+                             f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
+                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
         return t
 
     def forward(self, x, t, *, class_labels=None, context=None, context_mask=None):
@@ -238,7 +302,7 @@ class UNet(nn.Module):
         class_labels: (B,) ints, num_classes meaning "no class"; context: (B, L, context_dim) token embeddings,
         context_mask: (B, L) bool, True where a token is real.
         """
-        t = self._check_inputs(x, t, class_labels, context)
+        t = self._check_inputs(x, t, class_labels, context, context_mask)
         emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_float_tensor, check_pixel_range
 from .data import to_float
 from .unet import Downsample, Upsample  # the same resampling layers as the noise predictor
 
@@ -40,12 +41,17 @@ class VAEConfig:
     sample_size: int = 64  # the training images' side; any multiple of the downsampling factor works
     patch_size: int = 4  # p×p pixels folded into channels before conv_in (1: SD's layout, (32, 64, 128, 128) say)
     mid_attention: bool = True  # self-attention over the latent-resolution positions in the mid blocks
+    norm_eps: float = 1e-5  # GroupNorm's ε (SD's VAE: 1e-6)
+    downsample_padding: str = "symmetric"  # "asymmetric": pad right and bottom by one, then a stride-2 conv (SD's)
+    quant_conv: bool = False  # SD's 1×1 convs on the moments after the encoder and on the latent before the decoder
 
     def __post_init__(self):
         self.block_channels = tuple(self.block_channels)
         if any(c % self.norm_groups for c in self.block_channels):
             raise ValueError(f"every block_channels entry must be divisible by norm_groups={self.norm_groups}, "
                              f"got {self.block_channels}")
+        if self.downsample_padding not in ("symmetric", "asymmetric"):
+            raise ValueError(f"downsample_padding must be 'symmetric' or 'asymmetric', got {self.downsample_padding!r}")
         if self.layers_per_block < 1:
             raise ValueError(f"layers_per_block must be at least 1, got {self.layers_per_block}")
         if self.patch_size < 1 or self.patch_size & (self.patch_size - 1):
@@ -90,11 +96,11 @@ class DiagonalGaussian:
 class ResBlock(nn.Module):
     """GroupNorm → SiLU → conv, twice; a residual connection around it. The UNet's, without the time embedding."""
 
-    def __init__(self, in_ch: int, out_ch: int, *, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, *, groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -107,9 +113,9 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """One-head self-attention over the H·W positions, as in SD's VAE mid block: each position sees every other."""
 
-    def __init__(self, channels: int, *, groups: int):
+    def __init__(self, channels: int, *, groups: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.out = nn.Linear(channels, channels)
 
@@ -121,14 +127,25 @@ class SelfAttention(nn.Module):
         return x + self.out(h).transpose(1, 2).reshape(B, C, H, W)
 
 
+class AsymmetricDownsample(nn.Module):
+    """SD's VAE downsampling: pad one pixel on the right and bottom, then a 3×3 conv of stride 2 without padding."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # (H, W) -> (H/2, W/2)
+
+
 class MidBlock(nn.Module):
     """ResBlock, self-attention, ResBlock at the latent resolution."""
 
-    def __init__(self, channels: int, *, groups: int, attention: bool):
+    def __init__(self, channels: int, *, groups: int, attention: bool, eps: float = 1e-5):
         super().__init__()
-        self.res1 = ResBlock(channels, channels, groups=groups)
-        self.attn = SelfAttention(channels, groups=groups) if attention else nn.Identity()
-        self.res2 = ResBlock(channels, channels, groups=groups)
+        self.res1 = ResBlock(channels, channels, groups=groups, eps=eps)
+        self.attn = SelfAttention(channels, groups=groups, eps=eps) if attention else nn.Identity()
+        self.res2 = ResBlock(channels, channels, groups=groups, eps=eps)
 
     def forward(self, x):
         return self.res2(self.attn(self.res1(x)))
@@ -137,47 +154,52 @@ class MidBlock(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, p, g = cfg.block_channels, cfg.patch_size, cfg.norm_groups
+        ch, p, g, eps = cfg.block_channels, cfg.patch_size, cfg.norm_groups, cfg.norm_eps
+        down = AsymmetricDownsample if cfg.downsample_padding == "asymmetric" else Downsample
         self.patchify = nn.PixelUnshuffle(p) if p > 1 else nn.Identity()  # (3, H, W) -> (3·p², H/p, W/p)
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch[0], 3, padding=1)
         layers, c_in = [], ch[0]
         for i, c in enumerate(ch):
             for _ in range(cfg.layers_per_block):
-                layers.append(ResBlock(c_in, c, groups=g))
+                layers.append(ResBlock(c_in, c, groups=g, eps=eps))
                 c_in = c
             if i < len(ch) - 1:
-                layers.append(Downsample(c_in))
+                layers.append(down(c_in))
         self.down = nn.Sequential(*layers)
-        self.mid = MidBlock(c_in, groups=g, attention=cfg.mid_attention)
-        self.norm_out = nn.GroupNorm(g, c_in)
+        self.mid = MidBlock(c_in, groups=g, attention=cfg.mid_attention, eps=eps)
+        self.norm_out = nn.GroupNorm(g, c_in, eps=eps)
         self.conv_out = nn.Conv2d(c_in, 2 * cfg.latent_channels, 3, padding=1)  # mean and log-variance
+        m = 2 * cfg.latent_channels
+        self.quant_conv = nn.Conv2d(m, m, 1) if cfg.quant_conv else nn.Identity()
 
     def forward(self, x):  # (B, 3, H, W)
         h = self.conv_in(self.patchify(x))  # (B, ch[0], H/p, W/p)
         h = self.mid(self.down(h))  # (B, ch[-1], H/f, W/f)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 2·4, H/f, W/f)
+        return self.quant_conv(self.conv_out(F.silu(self.norm_out(h))))  # (B, 2·4, H/f, W/f)
 
 
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, p, g = cfg.block_channels, cfg.patch_size, cfg.norm_groups
+        ch, p, g, eps = cfg.block_channels, cfg.patch_size, cfg.norm_groups, cfg.norm_eps
+        c = cfg.latent_channels
+        self.post_quant_conv = nn.Conv2d(c, c, 1) if cfg.quant_conv else nn.Identity()
         self.conv_in = nn.Conv2d(cfg.latent_channels, ch[-1], 3, padding=1)
-        self.mid = MidBlock(ch[-1], groups=g, attention=cfg.mid_attention)
+        self.mid = MidBlock(ch[-1], groups=g, attention=cfg.mid_attention, eps=eps)
         layers, c_in = [], ch[-1]
         for i in reversed(range(len(ch))):
             for _ in range(cfg.layers_per_block + 1):
-                layers.append(ResBlock(c_in, ch[i], groups=g))
+                layers.append(ResBlock(c_in, ch[i], groups=g, eps=eps))
                 c_in = ch[i]
             if i > 0:
                 layers.append(Upsample(c_in))
         self.up = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(g, c_in)
+        self.norm_out = nn.GroupNorm(g, c_in, eps=eps)
         self.conv_out = nn.Conv2d(c_in, cfg.in_channels * p * p, 3, padding=1)
         self.unpatchify = nn.PixelShuffle(p) if p > 1 else nn.Identity()  # (3·p², H/p, W/p) -> (3, H, W)
 
     def forward(self, z):  # (B, 4, h, w)
-        h = self.mid(self.conv_in(z))  # (B, ch[-1], h, w)
+        h = self.mid(self.conv_in(self.post_quant_conv(z)))  # (B, ch[-1], h, w)
         h = self.up(h)  # (B, ch[0], h·f/p, w·f/p)
         return self.unpatchify(self.conv_out(F.silu(self.norm_out(h))))  # (B, 3, h·f, w·f)
 
@@ -192,14 +214,23 @@ class VAE(nn.Module):
         self.decoder = Decoder(config)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        """Images (B, 3, H, W) in [-1, 1] -> a Gaussian over latents (B, 4, H/8, W/8)."""
+        """Images (B, 3, H, W) in [-1, 1] (or uint8 in 0 … 255, converted) -> a Gaussian over latents (B, 4, H/8, W/8).
+
+        Float pixels far outside [-1, 1] (0 … 255 floats, say) are refused in eval mode, where a learner calls this;
+        in training mode the value check is skipped, so a training step never waits on it.
+        """
         cfg, f = self.config, self.config.downsample_factor
+        if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
+            x = to_float(x)  # 0 … 255 -> [-1, 1]
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != cfg.in_channels:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
         if x.shape[2] % f or x.shape[3] % f:
             raise ValueError(f"height and width must be multiples of {f} (the VAE's downsampling factor), "
                              f"got {tuple(x.shape[2:])}")
+        check_float_tensor("images", x)
+        if not self.training:
+            check_pixel_range("images", x)
         return DiagonalGaussian(self.encoder(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -208,6 +239,7 @@ class VAE(nn.Module):
         if not isinstance(z, torch.Tensor) or z.dim() != 4 or z.shape[1] != c:
             shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise ValueError(f"expected latents of shape (B, {c}, h, w), got {shape}")
+        check_float_tensor("latents", z)
         return self.decoder(z)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):

@@ -29,6 +29,10 @@ def as_uint8_batch(images) -> np.ndarray:
 def image_grid(images, *, nrow: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:
     """Tile a batch (see as_uint8_batch) into one uint8 image (H, W) for grayscale or (H, W, 3)."""
     arr = as_uint8_batch(images)
+    if arr.ndim != 4 or len(arr) == 0:
+        raise ValueError(f"image_grid needs a non-empty batch of images (B, C, H, W), got shape {arr.shape}")
+    if isinstance(nrow, bool) or not isinstance(nrow, int) or nrow < 1:
+        raise ValueError(f"nrow must be an int >= 1, got {nrow!r}")
     B, H, W, C = arr.shape
     ncol = min(nrow, B)
     rows = -(-B // ncol)
@@ -191,16 +195,26 @@ def cost_explorer(base) -> InteractiveImage:
         for space, (channels, size) in (("pixels", (3, side)), ("latents", (4, side // 8))):
             unet = cost.unet_for(channels, size, base=config, device=meta)
             counts[space] = cost.flops_by_op(unet, *cost.unet_inputs(channels, size, device=meta))
-        fig, ax = plt.subplots(figsize=(6.4, 2.6), dpi=80)
-        left = {space: 0.0 for space in counts}
-        for kind in kinds:
-            values = [counts[space][kind] / 1e9 for space in counts]
-            ax.barh(list(counts), values, left=[left[s] for s in counts], label=kind)
-            for space, v in zip(counts, values):
-                left[space] += v
-        ax.set_xscale("symlog", linthresh=0.01)
-        ax.set_xlabel("GFLOPs per forward pass (batch 1)")
-        ax.legend(loc="lower right", fontsize=8)
+        # Separate bars on a log axis, one per kind of op and space: each bar's length is its own value (stacked
+        # segments on a log axis would not be), and pixel vs latent reads as a distance: ×10 per decade.
+        rows = [*kinds, "total"]
+        values = {space: [counts[space][k] for k in kinds] + [sum(counts[space].values())] for space in counts}
+        fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=80)
+        y = np.arange(len(rows))
+        positive = [v / 1e9 for vs in values.values() for v in vs if v > 0]
+        low, high = min(positive) / 3, max(positive) * 6  # room on the right for the numbers
+        for offset, (space, color) in zip((-0.2, 0.2), zip(counts, ("tab:red", "tab:blue"))):
+            gflops = np.array(values[space], dtype=float) / 1e9
+            shown = np.where(gflops > 0, gflops, np.nan)  # no attention at all: no bar (log(0) has no length)
+            ax.barh(y + offset, shown, height=0.38, color=color, label=space)
+            for yi, v in zip(y + offset, gflops):
+                ax.text(v if v > 0 else low, yi, (f" {v:,.0f}" if v >= 100 else f" {v:.3g}") if v > 0 else " none", va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        ax.set_yticks(y, labels=rows)
+        ax.invert_yaxis()
+        ax.set_xlabel("GFLOPs per forward pass (batch 1, log scale)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars, not on them
         fig.tight_layout()
         total = {space: sum(counts[space].values()) for space in counts}
         caption = (f"pixels 3×{side}² vs latents 4×{side // 8}²: {total['pixels'] / 1e9:,.2f} vs "

@@ -198,3 +198,16 @@ def test_vae_flops_count_encode_and_decode():
     flops = vae_flops(_ToyVAE().to("meta"), x)
     assert flops["encode"] == 2 * 4 * 4 * 3 * 8 * 8 * 8  # 2 · H_out·W_out · C_in·C_out · k²
     assert flops["decode"] == 2 * 4 * 4 * 4 * 3 * 8 * 8  # transposed: 2 · H_in·W_in · C_in·C_out · k²
+
+
+def test_resolution_sweep_counts_a_text_conditioned_unet_with_its_context():
+    from sdlesson.unet import UNetConfig
+
+    base = UNetConfig(in_channels=4, sample_size=8, block_channels=(16, 32), attention_levels=(True, False),
+                      layers_per_block=1, norm_groups=8, attention_block="transformer", attention_heads=2,
+                      context_dim=24)
+    rows = resolution_sweep(base, 3, [8, 16])
+    longer = resolution_sweep(base, 3, [8, 16], context_length=154)
+    # cross-attention's QKᵀ and AV grow with the text's length: 2 more B·h·N·L·d per layer for each extra token
+    assert all(b.attention_flops > a.attention_flops for a, b in zip(rows, longer))
+    assert rows[1].flops > rows[0].flops and rows[1].activation_bytes > rows[0].activation_bytes

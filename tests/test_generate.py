@@ -95,14 +95,14 @@ def test_unknown_words_and_non_strings(tiny_pipe):
 @pytest.mark.parametrize("args, error", [
     ([], "the following arguments are required: prompt"),
     (["  "], "the prompt is empty"),
-    ([PROMPT, "--steps", "0"], "--steps must be from 1 to 1000"),
-    ([PROMPT, "--guidance", "-2"], "--guidance must be >= 0"),
+    ([PROMPT, "--num-steps", "0"], "--num-steps must be from 1 to 1000"),
+    ([PROMPT, "--guidance", "-2"], "--guidance must be a finite number >= 0"),
     ([PROMPT, "-n", "0"], "--num-images must be from 1 to 64"),
     ([PROMPT, "--out", "/no/such/folder/x.png"], "folder '/no/such/folder' does not exist"),
     ([PROMPT, "--out", "x.jpg"], "must name a .png file"),
     (["a purple bird"], "unknown word.*'bird'"),
     ([PROMPT, "--negative", "a red car"], "unknown word.*'red'"),
-    ([PROMPT, "--steps", "ten"], "invalid int value: 'ten'"),
+    ([PROMPT, "--num-steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_generate_command_rejects_bad_arguments_before_loading_models(args, error, capsys, monkeypatch):
     monkeypatch.setattr(TextToImage, "from_pretrained", lambda **kw: pytest.fail("models loaded despite bad arguments"))
@@ -119,7 +119,7 @@ def test_generate_command_writes_a_png(tiny_pipe, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(TextToImage, "from_pretrained", classmethod(lambda cls, **kw: tiny_pipe))
     out = tmp_path / "scene.png"
-    main(["generate", PROMPT, "-n", "3", "--steps", "2", "--zoom", "2", "--out", str(out)])
+    main(["generate", PROMPT, "-n", "3", "--num-steps", "2", "--zoom", "2", "--out", str(out)])
     image = Image.open(out)
     assert image.size == (2 * (3 * 64 + 4), 2 * (64 + 2))  # 3 images in a row, 1 px padding, zoomed 2×
     assert "wrote" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from sdlesson.metrics import class_histogram, frechet_distance, psnr
+from sdlesson.metrics import class_histogram, frechet_distance, psnr, ssim
 
 
 def test_frechet_distance_matches_scipy_sqrtm():
@@ -33,3 +33,17 @@ def test_psnr_definition():
 def test_class_histogram():
     probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
     assert class_histogram(probs).tolist() == [2, 1, 0]
+
+
+def test_ssim_matches_skimage():
+    from skimage.metrics import structural_similarity
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 32, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(3, 3, 32, 32, generator=g)).clamp(-1, 1)
+    expected = [structural_similarity(x[i].numpy(), y[i].numpy(), data_range=2.0, channel_axis=0,
+                                      gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                for i in range(3)]
+    torch.testing.assert_close(ssim(x, y), torch.tensor(expected, dtype=torch.float32), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+    with pytest.raises(ValueError, match="same shape"):
+        ssim(x, y[:, :1])

@@ -90,7 +90,8 @@ def test_sample_is_reproducible_by_seed_and_keeps_intermediates(tiny_unet):
     assert len(kept) == 3 and kept[-1].shape == a.shape  # steps 0, 2 and the last (4)
 
 
-def test_guidance_combines_conditional_and_unconditional():
+@pytest.mark.parametrize("batch_guidance", [True, False])
+def test_guidance_combines_conditional_and_unconditional(batch_guidance):
     calls = []
 
     class Fake(torch.nn.Module):
@@ -99,20 +100,86 @@ def test_guidance_combines_conditional_and_unconditional():
             self.p = torch.nn.Parameter(torch.zeros(()))
 
         def forward(self, x, t, *, class_labels):
-            calls.append(class_labels[0].item())
-            return torch.full_like(x, float(class_labels[0]))
+            calls.append(class_labels.tolist())
+            return class_labels.float().view(-1, 1, 1, 1).expand_as(x)  # each image's ε̂ = its label
 
     schedule = NoiseSchedule("linear")
     sampler = DDIMSampler(schedule, clip_sample=None)
     y, y0 = torch.tensor([1]), torch.tensor([0])
     # ε̂ = ε̂_u + s (ε̂_c - ε̂_u) = 0 + 3 (1 - 0) = 3, so the guided run equals a model that predicts 3 everywhere.
     guided = sample(Fake(), sampler, (1, 1, 2, 2), num_steps=3, cond={"class_labels": y}, uncond={"class_labels": y0},
-                    guidance_scale=3.0, generator=torch.Generator().manual_seed(0), progress=False)
+                    guidance_scale=3.0, generator=torch.Generator().manual_seed(0), progress=False,
+                    batch_guidance=batch_guidance)
     sampler.set_timesteps(3)
     x = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(0))
     for t in sampler.timesteps:
         x = sampler.step(torch.full_like(x, 3.0), t, x)
     torch.testing.assert_close(guided, x)
-    assert calls == [1, 0] * 3
+    assert calls == ([[1, 0]] * 3 if batch_guidance else [[1], [0]] * 3)  # one pass on [cond; uncond], or two
     with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
         sample(Fake(), sampler, (1, 1, 2, 2), num_steps=3, guidance_scale=-1.0, progress=False)
+
+
+# --- Stable Diffusion's sampling as released, against diffusers' schedulers (the oracle) -------------------------
+
+SD_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                    steps_offset=1, timestep_spacing="leading", num_train_timesteps=1000)
+
+
+def sd_sampler(cls, **kw):
+    return cls(NoiseSchedule("scaled_linear"), clip_sample=None, spacing="leading", steps_offset=1, **kw)
+
+
+@pytest.mark.parametrize("num_steps", [1, 7, 50, 500])
+def test_leading_spacing_equals_diffusers(num_steps):
+    from diffusers import DDIMScheduler
+
+    ours = sd_sampler(DDIMSampler, set_alpha_to_one=False)
+    ours.set_timesteps(num_steps)
+    theirs = DDIMScheduler(**SD_SCHEDULER, set_alpha_to_one=False)
+    theirs.set_timesteps(num_steps)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    if num_steps == 50:
+        assert ours.timesteps[:3].tolist() == [981, 961, 941] and ours.timesteps[-1].item() == 1
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [False, True])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_steps_equal_diffusers(set_alpha_to_one, eta):
+    from diffusers import DDIMScheduler
+
+    ours = sd_sampler(DDIMSampler, set_alpha_to_one=set_alpha_to_one, eta=eta)
+    theirs = DDIMScheduler(**SD_SCHEDULER, set_alpha_to_one=set_alpha_to_one)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    for t in ours.timesteps:  # the whole chain, with a fixed pseudo-model: ε̂ = 0.5 x + noise
+        eps = 0.5 * x + 0.1 * torch.randn(x.shape, generator=g)
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)))
+        b = theirs.step(eps, int(t), x, eta=eta, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        x = b
+
+
+def test_ddpm_steps_equal_diffusers():
+    from diffusers import DDPMScheduler
+
+    ours = sd_sampler(DDPMSampler)
+    theirs = DDPMScheduler(**SD_SCHEDULER)
+    ours.set_timesteps(20)
+    theirs.set_timesteps(20)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    for t in ours.timesteps:  # the same noise draw: both take it from a generator seeded alike
+        eps = 0.5 * x + 0.1 * torch.randn(x.shape, generator=g)
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)))
+        b = theirs.step(eps, int(t), x, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        x = b
+
+
+def test_spacing_is_checked():
+    with pytest.raises(ValueError, match="spacing must be one of linspace, leading"):
+        DDIMSampler(NoiseSchedule("linear"), spacing="trailing")

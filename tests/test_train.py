@@ -149,3 +149,46 @@ def test_learning_rate_warms_up_then_follows_its_schedule():
     assert learning_rate(cosine, 110) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="lr_schedule must be"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_diffusion_loss_shards_draw_the_global_batch():
+    """Two processes' halves (shard = (first, total)) get exactly the t and ε a single process gives those examples."""
+    from sdlesson.train import step_generator
+
+    seen = []
+
+    class Echo(torch.nn.Module):  # records the noised input, so the draws can be compared
+        def forward(self, x_t, t):
+            seen.append((x_t, t))
+            return torch.zeros_like(x_t)
+
+    loss = DiffusionLoss(NoiseSchedule("linear", num_timesteps=50))
+    x0 = torch.rand(8, 1, 4, 4)
+    whole = loss(Echo(), (x0,), step_generator(0, 3))
+    halves = [loss(Echo(), (x0[i:i + 4],), step_generator(0, 3), shard=(i, 8)) for i in (0, 4)]
+    (x_all, t_all), (x_a, t_a), (x_b, t_b) = seen
+    assert torch.equal(torch.cat([t_a, t_b]), t_all) and torch.equal(torch.cat([x_a, x_b]), x_all)
+    torch.testing.assert_close((halves[0] + halves[1]) / 2, whole)
+
+
+def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
+    """In a notebook the progress is one text output updated in place; when done it is the fit's summary."""
+    import sys
+
+    import IPython.display
+
+    from sdlesson import train
+
+    shown = {}
+
+    class Handle:
+        def update(self, obj, raw):
+            shown["last"] = obj["text/plain"]
+
+    monkeypatch.setitem(sys.modules, "ipykernel", sys)
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw, display_id: shown.update(last=obj["text/plain"]) or Handle())
+    monkeypatch.setattr(train.sys.stderr, "isatty", lambda: False, raising=False)
+    trainer = small_trainer(steps=6)
+    trainer.progress = True
+    trainer.fit()
+    assert shown["last"].startswith("trained 6 steps: loss ") and shown["last"].endswith(" s")

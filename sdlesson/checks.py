@@ -1,0 +1,106 @@
+"""Checks at the public boundary: a wrong input fails at once, with a message that names the argument, what was
+expected and what came — never deep inside torch, and never as silent garbage (a NaN guidance scale gives black
+images; a 0-255 float image gives a meaningless latent).
+
+Each check runs once, where a value enters the library (a constructor, a pipeline call), never inside a sampling
+or training step: the checks read only Python numbers and tensor metadata (shape, dtype, device), which costs no
+GPU synchronisation. The one exception, `check_pixel_range`, reads values and is only called outside loops.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+
+def describe(value) -> str:
+    """A short description of what came: a tensor's shape and dtype, else the value itself."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value) if not isinstance(value, (list, tuple)) or len(value) < 8 else f"a {type(value).__name__} of {len(value)}"
+
+
+def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """A finite real number within [low, high] (an end excluded where *_open): returned as a float.
+
+    bool is refused (True is an int in Python, but guidance_scale=True is a mistake), so are NaN and ±inf.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"{name} must be {' and '.join(filter(None, (lo, hi)))}, got {value:g}")
+    return value
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
+    """An int within [low, high] (bool and floats refused: 2.5 steps is a mistake, not 2)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if low is not None and high is not None else (
+            f">= {low}" if low is not None else f"<= {high}")
+        raise ValueError(f"{name} must be an int {bounds}, got {value}")
+    return value
+
+
+def check_seed(seed) -> int | None:
+    """None (a new random draw each call) or an int >= 0."""
+    return None if seed is None else check_int("seed", seed, low=0)
+
+
+def check_float_tensor(name: str, x, *, dims: int | None = None) -> torch.Tensor:
+    """A floating-point tensor (optionally of `dims` dimensions): integer images must be converted first."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if dims is not None and x.dim() != dims:
+        raise ValueError(f"{name} must have {dims} dimensions, got {describe(x)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {describe(x)}"
+                        + (" (uint8 images: sdlesson.data.to_float maps 0…255 to [-1, 1])" if x.dtype == torch.uint8 else ""))
+    return x
+
+
+def check_pixel_range(name: str, x: torch.Tensor, *, slack: float = 0.5) -> torch.Tensor:
+    """Float pixels are expected in [-1, 1]; values far outside (0…255, say) are refused, not silently misread.
+
+    Reads the tensor's values (a device sync): call it once at a boundary, never inside a loop.
+    """
+    if x.numel():
+        lo, hi = torch.aminmax(x.detach())
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if lo < -1 - slack or hi > 1 + slack:
+            raise ValueError(f"{name} must hold pixels in [-1, 1], got values from {lo:g} to {hi:g}"
+                             + (" (0…255 images: pass them as uint8, or use sdlesson.data.to_float)" if hi > 2 else ""))
+    return x
+
+
+def check_same_batch(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]} "
+                         f"({describe(a)} and {describe(b)})")
+
+
+def check_device(device) -> torch.device:
+    """A device torch knows ("cpu", "cuda", "cuda:1", "mps"), that is available here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be one of 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but CUDA is not available on this machine; use 'cpu'")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} was asked for, but MPS is not available on this machine; use 'cpu'")
+    return dev

@@ -1,0 +1,251 @@
+"""One recipe per shipped model: its config, its training settings and seed, its data, its loss, what it needs.
+
+This is the one place each of the course's models is made. `python -m sdlesson train NAME`, the notebooks (which
+may write the key lines out first), the model card's commands and scripts/check_gpu_branches.py all read it:
+
+    recipe = recipes.get("silhouette_unet")
+    trainer = Trainer(recipe.build_model(), recipe.loss, recipe.data(), recipe.train)
+
+Reproducible: the model's initial weights come from the recipe's seed (build_model), and the Trainer draws every
+step's batch, noise and dropout from a generator seeded by (seed, step); so the same command gives the same
+tensors. Adding a model is adding one entry to RECIPES.
+
+Two environment variables shrink every recipe, for checking code paths rather than training (both unset normally):
+SDLESSON_RECIPE_STEPS=4 cuts each recipe to 4 steps (warm-up 1), SDLESSON_RECIPE_SCENES=300 renders only 300
+training scenes. SDLESSON_TRAIN_FROM_SCRATCH=1/0 is the notebooks' switch (see train_from_scratch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .classifier import Classifier, ClassifierConfig, classification_loss
+from .schedule import NoiseSchedule
+from .text import CLIP, CLIPConfig, clip_loss
+from .train import DiffusionLoss, TrainConfig
+from .unet import UNet, UNetConfig
+from .vae import VAE, VAEConfig, decoder_loss, vae_loss
+
+# --- the configs, with the reason for each choice ---------------------------------------------------------------
+
+# Silhouettes (lesson 02): 1×28×28, the UNet's three levels at 28, 14 and 7 pixels, attention only at 7×7.
+# Narrow at full resolution (16 channels): 0.2 GFLOP a forward pass, so a CPU samples hundreds in seconds.
+SILHOUETTE_SCHEDULE = "linear"
+SILHOUETTE_UNET = UNetConfig(in_channels=1, sample_size=28, block_channels=(16, 32, 64),
+                             attention_levels=(False, False, True), attention_head_dim=32, norm_groups=8)
+SILHOUETTE_TRAIN = TrainConfig(steps=12000, batch_size=64, lr=7e-4, warmup_steps=200, ema_decay=0.999)
+SILHOUETTE_CLASSIFIER = ClassifierConfig(in_channels=1, num_classes=10, channels=(16, 32, 64), feature_dim=64)
+SILHOUETTE_CLASSIFIER_TRAIN = TrainConfig(steps=1000, batch_size=128, lr=2e-3, warmup_steps=100, ema_decay=0.99)
+
+# Emoji scenes (lesson 04): the KL autoencoder, 3×64×64 -> 4×8×8. Trained on 20,000 scenes of seed 0, judged on
+# scenes of seed 1; squared error (it gave a better PSNR than L1 for the same time) + 1e-6 · KL, as SD's weight.
+SCENE_VAE = VAEConfig()
+SCENE_VAE_KL_WEIGHT = 1e-6
+SCENE_VAE_TRAIN = TrainConfig(steps=16000, batch_size=16, lr=3e-3, warmup_steps=50, lr_schedule="cosine",
+                              ema_decay=0.999, checkpoint_every=1000)
+# The decoder alone, fine-tuned from the shipped VAE (lesson 04): same encoder, same latents, sharper pictures.
+SCENE_DECODER_TRAIN = TrainConfig(steps=2000, batch_size=16, lr=5e-4, warmup_steps=50, lr_schedule="cosine",
+                                  ema_decay=0.999, checkpoint_every=500)
+SCENE_DECODER_EDGE_WEIGHT = 0.1  # sharper edges (lesson 04 measures both PSNR and edge error)
+SCENE_TRAIN_SEED, SCENE_TEST_SEED, SCENE_TRAIN_COUNT = 0, 1, 20000
+
+# The scene judge: which object, background, position and size a 64×64 scene shows (one head each). It keeps
+# where things are (no global pooling), and learns from both splits: a judge must know the held-out pairs too.
+SCENE_JUDGE = ClassifierConfig(in_channels=3, num_classes=(8, 6, 5, 2), channels=(16, 32, 64, 64), feature_dim=64,
+                               sample_size=64, global_pool=False)
+SCENE_JUDGE_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.99)
+SCENE_JUDGE_SEED, SCENE_JUDGE_TEST_SEED = 2, 3
+
+# Emoji scenes (lessons 03, 05, 06): the noise predictor on 4×8×8 VAE latents. Lesson 03 runs the same UNet on
+# 3×64×64 pixels to measure what the latent space saves.
+SCENE_LATENT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 128),
+                               attention_levels=(False, True, True), attention_head_dim=32, norm_groups=32)
+SCENE_SCHEDULE = "scaled_linear"  # Stable Diffusion's: β from 0.00085 to 0.012
+# Trained on the cached latents (mode of the posterior, × latent scale) of the 20,000 training scenes.
+SCENE_LATENT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                                 ema_decay=0.998)
+
+# Text (lesson 06): a small CLIP trained contrastively on (latent, caption) pairs of the training scenes; its text
+# tower then stays frozen and gives the UNet 16 token embeddings of width 64 (SD: CLIP's 77 × 768).
+SCENE_CLIP = CLIPConfig()
+SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine", ema_decay=0.99)
+# The latent noise predictor with cross-attention to those embeddings wherever it has self-attention (4×4, 2×2 and
+# the middle); captions dropped for 10% of examples so the same model also predicts unconditionally (guidance).
+SCENE_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, context_dim=SCENE_CLIP.width)
+SCENE_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=4000)
+SCENE_TEXT_P_UNCOND = 0.1
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the checkpoint it makes: data/NAME.safetensors
+    model_class: type  # UNet, VAE, Classifier or CLIP
+    config: object  # the model's config
+    train: TrainConfig  # steps, batch, learning rate, ...; train.seed seeds the weights, data order and noise
+    data: Callable[[], object]  # () -> the training data: a tensor or a tuple of tensors with one row per example
+    loss: Callable  # loss(model, batch, generator) -> scalar, as the Trainer calls it
+    needs: tuple[str, ...] = ()  # shipped checkpoints its data or starting weights come from
+    start_from: str | None = None  # a shipped checkpoint whose weights it starts from, instead of random ones
+    frozen: tuple[str, ...] = ()  # submodules kept as they are (no gradients)
+    dtype: torch.dtype | None = None  # the shipped file's dtype for floating-point weights (None: as trained)
+    metadata: Callable | None = None  # (EMA model, data) -> extra entries for the shipped file's metadata
+
+    @property
+    def seed(self) -> int:
+        return self.train.seed
+
+    def build_model(self) -> torch.nn.Module:
+        """The model before training: initial weights drawn from the recipe's seed (the global RNG is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            model = self.model_class(self.config)
+        if self.start_from is not None:
+            from .checkpoint import load_weights
+            from .pretrained import checkpoint_path
+
+            load_weights(model, checkpoint_path(self.start_from), weights="ema")
+        for part in self.frozen:
+            getattr(model, part).requires_grad_(False)
+        return model.train()
+
+
+def scene_train_count() -> int:
+    """How many training scenes the scene recipes render: SCENE_TRAIN_COUNT, or SDLESSON_RECIPE_SCENES if set."""
+    return _env_int("SDLESSON_RECIPE_SCENES") or SCENE_TRAIN_COUNT
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"environment variable {name} must be a positive whole number, got {value!r}")
+    return int(value)
+
+
+# --- how each recipe's data is made -------------------------------------------------------------------------------
+
+def _silhouette_images():
+    from .data import load_silhouettes
+
+    return load_silhouettes("train")[0]  # (8716, 1, 28, 28) in [-1, 1]
+
+
+def _silhouettes_with_labels():
+    from .data import load_silhouettes
+
+    return load_silhouettes("train")  # images, labels (8716,)
+
+
+def _scene_images():
+    from .scenes import make_scenes
+
+    return make_scenes(scene_train_count(), seed=SCENE_TRAIN_SEED)[0]  # uint8 (20000, 3, 64, 64), 246 MB
+
+
+def _judge_data():
+    from .scenes import make_scenes
+
+    n = scene_train_count()
+    seen = make_scenes(n * 4 // 5, seed=SCENE_JUDGE_SEED, split="train")
+    heldout = make_scenes(n // 5, seed=SCENE_JUDGE_SEED, split="heldout")
+    return torch.cat([seen[0], heldout[0]]), torch.cat([seen[2], heldout[2]])  # uint8 images, (N, 4) labels
+
+
+@functools.lru_cache(maxsize=1)
+def _scene_latents(count: int):
+    """The training scenes' latents (× the shipped VAE's scale) and captions, encoded once per process."""
+    from .latents import encode_scenes
+    from .pretrained import load_pretrained, scene_latent_scale
+
+    latents, captions, _ = encode_scenes(load_pretrained("scene_vae"), count, seed=SCENE_TRAIN_SEED,
+                                         scale=scene_latent_scale())
+    return latents, captions
+
+
+def _latent_data():
+    return _scene_latents(scene_train_count())[0]  # (N, 4, 8, 8)
+
+
+def _clip_data():
+    latents, captions = _scene_latents(scene_train_count())
+    ids, mask = SCENE_CLIP.tokenizer()(captions)
+    return latents, ids, mask
+
+
+def _text_unet_data():  # the frozen text encoder's token embeddings, computed once per caption
+    from .pretrained import load_pretrained
+    from .text import encode_prompts
+
+    latents, captions = _scene_latents(scene_train_count())
+    context, mask = encode_prompts(load_pretrained("scene_clip"), captions)
+    return latents, context, mask
+
+
+def _vae_metadata(vae, images) -> dict:
+    """The latent scale factor, 1 / std of the training latents (SD's 0.18215 rule), stored with the VAE."""
+    from .latents import latent_scale
+
+    return {"latent_scale": latent_scale(vae, images[:2000])}
+
+
+# --- every shipped model --------------------------------------------------------------------------------------------
+
+_SCENE_LOSS = DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE))
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("silhouette_classifier", Classifier, SILHOUETTE_CLASSIFIER, SILHOUETTE_CLASSIFIER_TRAIN,
+           _silhouettes_with_labels, classification_loss),
+    Recipe("silhouette_unet", UNet, SILHOUETTE_UNET, SILHOUETTE_TRAIN, _silhouette_images,
+           DiffusionLoss(NoiseSchedule(SILHOUETTE_SCHEDULE))),
+    Recipe("scene_vae", VAE, SCENE_VAE, SCENE_VAE_TRAIN, _scene_images,
+           functools.partial(vae_loss, kl_weight=SCENE_VAE_KL_WEIGHT), metadata=_vae_metadata),
+    Recipe("scene_judge", Classifier, SCENE_JUDGE, SCENE_JUDGE_TRAIN, _judge_data, classification_loss),
+    Recipe("scene_latent_unet", UNet, SCENE_LATENT_UNET, SCENE_LATENT_TRAIN, _latent_data, _SCENE_LOSS,
+           needs=("scene_vae",), dtype=torch.float16),
+    Recipe("scene_clip", CLIP, SCENE_CLIP, SCENE_CLIP_TRAIN, _clip_data, clip_loss, needs=("scene_vae",)),
+    Recipe("scene_text_unet", UNet, SCENE_TEXT_UNET, SCENE_TEXT_TRAIN, _text_unet_data,
+           DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE), p_uncond=SCENE_TEXT_P_UNCOND),
+           needs=("scene_vae", "scene_clip"), dtype=torch.float16),
+    Recipe("scene_vae_decoder", VAE, SCENE_VAE, SCENE_DECODER_TRAIN, _scene_images,
+           functools.partial(decoder_loss, edge_weight=SCENE_DECODER_EDGE_WEIGHT), needs=("scene_vae",),
+           start_from="scene_vae", frozen=("encoder",)),  # the same encoder, so the UNets' latents keep their meaning
+)}
+
+
+def get(name: str) -> Recipe:
+    """The recipe for a shipped model, shrunk to SDLESSON_RECIPE_STEPS steps if that is set. ValueError if unknown."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    steps = _env_int("SDLESSON_RECIPE_STEPS")
+    if steps is not None:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+            recipe.train, steps=steps, warmup_steps=min(recipe.train.warmup_steps, 1)))
+    return recipe
+
+
+def train_from_scratch(device: torch.device) -> bool:
+    """The notebooks' switch: SDLESSON_TRAIN_FROM_SCRATCH=1 or 0 if set, else on when the device is a GPU (CUDA)."""
+    value = os.environ.get("SDLESSON_TRAIN_FROM_SCRATCH", "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"SDLESSON_TRAIN_FROM_SCRATCH must be 1 or 0, got {value!r}")
+    return value == "1" if value else torch.device(device).type == "cuda"
+
+
+def shipped_training_time(*names: str) -> str:
+    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 threads'."""
+    from .checkpoint import read_metadata
+    from .pretrained import checkpoint_path
+
+    cards = [read_metadata(checkpoint_path(get(n).name)) for n in names]
+    hardware = sorted({c["hardware"] for c in cards})
+    return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(hardware)}"
