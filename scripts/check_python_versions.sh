@@ -2,8 +2,9 @@
 # CI: the README promises Python 3.10 through 3.13. For the oldest and the newest of those found on this
 # machine, install the course into a throwaway virtual environment as a new user would (requirements.txt, then
 # the package), run the unit tests (tests/, not the notebooks) and one `generate`; fail if either fails.
-# Prints the seconds each version takes. pip's own cache (~/.cache/pip) keeps the downloaded wheels, so only the
-# first run pays for torch's download.
+# Prints the seconds each version takes (most of it is pip fetching torch, a CUDA build of several GB, for that
+# Python). The tests that exercise the install doors themselves (wheel, Colab cell, browser) run under the main
+# Python only: they build venvs and start JupyterLab, and say nothing more about the language version.
 # Usage: scripts/check_python_versions.sh [VERSION ...]   (default: 3.10 3.13)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,10 @@ for v in "${versions[@]}"; do
     ok=1
     {
         "$py" -m venv "$venv" &&
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt &&
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt &&
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e . &&
-        "$venv/bin/python" -m pytest tests -q &&
+        "$venv/bin/python" -m pytest tests -q -p no:cacheprovider --ignore=tests/test_wheel.py \
+            --ignore=tests/test_first_cell.py --ignore=tests/test_browser.py &&
         "$venv/bin/python" -m sdlesson generate \
             "a small cat face in the center on a blue background" --out "$venv/cat.png" &&
         [ -s "$venv/cat.png" ]
