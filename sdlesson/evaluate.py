@@ -120,9 +120,10 @@ def prompt_set(split: str) -> list:
 
 @torch.no_grad()
 def evaluate_scene_vae_decoder(*, device="cpu", num: int = 1000) -> dict:
-    """The fine-tuned decoder against the first, on the same new scenes: PSNR and the error in neighbour differences."""
+    """The fine-tuned decoder against the first, on the same new scenes: PSNR, the error in neighbour differences
+    (the term the fine-tuning loss adds) and SSIM (which the loss never saw, so it is the fair judge of the gain)."""
     from .data import to_float
-    from .metrics import psnr
+    from .metrics import psnr, ssim
     from .scenes import make_scenes
     from .vae import image_gradients
 
@@ -133,7 +134,8 @@ def evaluate_scene_vae_decoder(*, device="cpu", num: int = 1000) -> dict:
         for name, vae in vaes.items():
             recon = torch.cat([vae.decode(vae.encode(x[i:i + 250]).mode()) for i in range(0, num, 250)]).clamp(-1, 1)
             edges = sum((a - b).abs().mean().item() for a, b in zip(image_gradients(recon), image_gradients(x)))
-            report[f"{name}, {split} pairs"] = f"PSNR {psnr(recon, x).mean().item():.2f} dB, edge error {edges:.4f}"
+            report[f"{name}, {split} pairs"] = (f"PSNR {psnr(recon, x).mean().item():.2f} dB, edge error {edges:.4f}, "
+                                                f"SSIM {ssim(recon, x).mean().item():.4f}")
     return report
 
 
