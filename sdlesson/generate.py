@@ -73,10 +73,11 @@ class TextToImage:
 
     @classmethod
     def from_pretrained(cls, *, device="cpu") -> "TextToImage":
-        """The course's shipped scene models: 64×64 images of the emoji-scene world."""
+        """The course's shipped scene models: 64×64 images of the emoji-scene world. The decoder is the fine-tuned
+        one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card)."""
         device = check_device(device)
         return cls(pre.load_pretrained("scene_clip", device=device), pre.load_pretrained("scene_text_unet", device=device),
-                   pre.load_pretrained("scene_vae", device=device), latent_scale=pre.scene_latent_scale())
+                   pre.load_pretrained("scene_vae_decoder", device=device), latent_scale=pre.scene_latent_scale())
 
     @classmethod
     def from_stable_diffusion(cls, weights, *, device="cpu", dtype: torch.dtype | None = None) -> "TextToImage":
