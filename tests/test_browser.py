@@ -180,7 +180,7 @@ def run_all(page, url):
 
 def menu(page, name, command):
     page.click(f"li.lm-MenuBar-item:has-text('{name}')")
-    page.click(f'[data-command="{command}"]')
+    page.click(f'.lm-Menu [data-command="{command}"]')  # the menu's item, not the toolbar's button
 
 
 @pytest.mark.parametrize("lesson", list(LESSONS))
