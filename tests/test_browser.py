@@ -128,6 +128,8 @@ def wait_idle(page, url, timeout):
     """Until the kernel is idle and no prompt shows [*], seen twice a second apart."""
     end, calm = time.time() + timeout, 0
     while time.time() < end:
+        if page.locator(".jp-Dialog:has-text('appears to have died')").count():
+            raise AssertionError(f"the kernel died (out of memory?); prompts {prompts(page)}")
         states = [k["execution_state"] for k in api(url, "kernels")]
         calm = calm + 1 if states and all(s == "idle" for s in states) and not any(
             "*" in p for p in prompts(page)) else 0
@@ -205,6 +207,7 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             run_all(page, url)
             wait_idle(page, url, RUN_TIMEOUT)
             ran = time.time() - start
+            assert not [p for p in prompts(page) if p.strip() == "[ ]:"], f"cells did not run: {prompts(page)}"
             cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(index)
             errors_shown = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
             assert not cell.locator(".jp-OutputArea-output:has-text('Traceback')").count(), errors_shown.all_text_contents()
