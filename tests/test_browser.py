@@ -229,11 +229,13 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
                 text.fill(PROMPT)
                 text.press("Enter")
             end = time.time() + 300
-            while time.time() < end and shown(cell) == before:
+            while time.time() < end and shown(cell)[0] == before[0]:
                 time.sleep(0.5)
             wait_idle(page, url, 300)
             after = shown(cell)
-            assert after[0] != before[0] and after[1] != before[1], f"{lesson}: the explorer did not redraw"
+            assert after[0] != before[0], f"{lesson}: the explorer's picture did not change"
+            if LESSONS[lesson] == "slider":  # a prompt's caption (time, judge's score) may well read the same
+                assert after[1] != before[1] and "t = 255" in after[1], f"{lesson}: caption {after[1]!r}"
             bring_into_view(page, cell)
             page.screenshot(path=shots / f"{lesson}-explorer.png")
 
