@@ -85,19 +85,24 @@ def to_png(image, *, scale: int = 4) -> bytes:
 class InteractiveImage:
     """Controls + an image: whenever a control changes, `render(**values)` runs and its image is shown.
 
-    render returns an image (uint8 array or [-1, 1] tensor) or (image, caption). `.widget` is the ipywidgets box;
-    `.image` and `.caption` hold what is shown now, so tests can check them without a browser.
+    render returns an image (uint8 array or [-1, 1] tensor) or (image, caption). `.widget` is the ipywidgets box of
+    controls; `.image`, `.png` and `.caption` hold what is shown now, so tests can check them without a browser.
+
+    The picture and its caption are plain outputs (image/png, text/plain) that each change updates in place through
+    an IPython display handle, not widgets: a notebook that was run, saved and opened again (when the widgets' models
+    are gone) still shows the last picture, at its own size, on GitHub too.
     """
+
+    max_width = 640  # px: the picture is shown at its own size up to this width, so controls + picture fit a laptop
 
     def __init__(self, render, *, scale: int = 4, **controls):
         import ipywidgets as widgets
 
         self.render_fn, self.scale, self.controls = render, scale, controls
-        self.view = widgets.Image(format="png")
-        self.label = widgets.HTML()
+        self.handles = []  # (picture, caption) display handles, one pair per time the app was displayed
         for control in controls.values():
             control.observe(lambda change: self.update(), names="value")
-        self.widget = widgets.VBox([widgets.HBox(list(controls.values())), self.view, self.label])
+        self.widget = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
         self.update()
 
     def values(self) -> dict:
@@ -106,18 +111,37 @@ class InteractiveImage:
     def update(self) -> None:
         out = self.render_fn(**self.values())
         self.image, self.caption = out if isinstance(out, tuple) else (out, "")
-        self.view.value = to_png(self.image, scale=self.scale)
-        self.label.value = f"<span style='font-family:monospace'>{self.caption}</span>"
+        self.png = to_png(self.image, scale=self.scale)
+        for picture, caption in self.handles:
+            for handle, (data, metadata) in ((picture, self._picture()), (caption, self._caption())):
+                handle.update(data, metadata=metadata, raw=True)
 
-    def _repr_mimebundle_(self, **kwargs):
-        # The live widget where widgets render (JupyterLab, Colab); a picture of its current view elsewhere
-        # (a notebook browsed on GitHub, or one executed without a browser), so the output is never blank.
+    def _picture(self) -> tuple[dict, dict]:
+        """The picture as a (data, metadata) bundle: PNG at its own size, capped at max_width."""
         import base64
 
+        height, width = self.image.shape[:2]
+        width, height = width * self.scale, height * self.scale
+        shown = min(width, self.max_width)
+        return ({"image/png": base64.b64encode(self.png).decode(), "text/plain": self.caption},
+                {"image/png": {"width": shown, "height": round(height * shown / width)}})
+
+    def _caption(self) -> tuple[dict, dict]:
+        return {"text/plain": self.caption}, {}
+
+    def _repr_mimebundle_(self, **kwargs):
+        # What a front end without display() support gets: the controls where widgets render, else the picture.
         bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = base64.b64encode(self.view.value).decode()
-        bundle["text/plain"] = f"{self.caption}  ({', '.join(f'{k}={v}' for k, v in self.values().items())})"
-        return bundle
+        data, _ = self._picture()
+        return bundle | {"image/png": data["image/png"],
+                         "text/plain": f"{self.caption}  ({', '.join(f'{k}={v}' for k, v in self.values().items())})"}
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)  # the controls: live widgets
+        self.handles.append(tuple(display(data, metadata=metadata, raw=True, display_id=True)
+                                  for data, metadata in (self._picture(), self._caption())))
 
 
 def forward_diffusion_explorer(image: torch.Tensor, schedules: dict, *, seed: int = 0) -> InteractiveImage:

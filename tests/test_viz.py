@@ -26,10 +26,10 @@ def test_forward_diffusion_explorer_updates_headlessly():
     schedules = {name: NoiseSchedule(name) for name in ("linear", "cosine")}
     app = forward_diffusion_explorer(image, schedules, seed=0)
     app.controls["t"].value = 0
-    clean_png, clean = app.view.value, app.image.copy()
+    clean_png, clean = app.png, app.image.copy()
     assert "t = 0" in app.caption
     app.controls["t"].value = 999
-    assert app.view.value != clean_png and "t = 999" in app.caption
+    assert app.png != clean_png and "t = 999" in app.caption
     assert np.abs(app.image.astype(int) - 128).mean() > np.abs(clean.astype(int) - 128).mean()
     # The shown image is the closed form with the widget's fixed noise.
     noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(0))
@@ -64,36 +64,21 @@ def test_interactive_image_also_renders_as_a_picture():
     assert "t = 250" in bundle["text/plain"]
 
 
-def test_cost_explorer_reports_the_ratio_for_the_chosen_unet():
-    from sdlesson.unet import UNetConfig
-    from sdlesson.viz import cost_explorer
+def test_interactive_image_shows_its_picture_as_a_plain_output_updated_in_place():
+    # The picture must outlive the widget models (a saved notebook opened again), so it is an image/png output
+    # that each change replaces through its display handle, shown at its own size (capped at max_width).
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
 
-    base = UNetConfig(in_channels=4, sample_size=8, block_channels=(16, 32), attention_levels=(False, False),
-                      layers_per_block=1, norm_groups=8)
-    app = cost_explorer(base)
-    assert "ratio" in app.caption and app.image.ndim == 3
-    app.controls["width"].value = 32
-    no_attention = float(app.caption.split("ratio ")[1].split("×")[0].replace(",", ""))
-    assert no_attention > 48  # conv_in/conv_out at 48×, other layers 64×, the middle's attention 64²×
-    app.controls["attention"].value = (0,)
-    with_attention = float(app.caption.split("ratio ")[1].split("×")[0].replace(",", ""))
-    assert with_attention > no_attention
-
-
-def test_vae_explorer_shows_original_reconstruction_and_error():
-    from sdlesson.vae import VAE, VAEConfig
-    from sdlesson.viz import vae_explorer
-
-    torch.manual_seed(0)
-    vaes = {"a": VAE(VAEConfig(block_channels=(8, 16), norm_groups=4)), "b": VAE(VAEConfig(block_channels=(8, 16), norm_groups=4))}
-    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    app = vae_explorer(vaes, images)
-    assert app.image.shape == (64 + 4, 3 * 64 + 8, 3) and "scene 0, a, latent noise 0.00" in app.caption
-    np.testing.assert_array_equal(app.image[2:66, 2:66], images[0].permute(1, 2, 0).numpy())  # the original, first
-    before = app.image.copy()
-    app.controls["decoder"].value = "b"
-    assert not np.array_equal(app.image, before) and "scene 0, b" in app.caption
-    app.controls["noise"].value = 0.5
-    assert "latent noise 0.50" in app.caption
-    app.controls["index"].value = 2
-    np.testing.assert_array_equal(app.image[2:66, 2:66], images[2].permute(1, 2, 0).numpy())
+    InteractiveShell.instance()
+    app = forward_diffusion_explorer(torch.zeros(1, 1, 66, 66), {"linear": NoiseSchedule("linear")})
+    with capture_output() as shown:
+        app._ipython_display_()
+        app.controls["t"].value = 999
+    widget, picture, caption, new_picture, new_caption = shown.outputs
+    assert "application/vnd.jupyter.widget-view+json" in widget.data and "image/png" not in widget.data
+    assert picture.metadata["image/png"]["width"] == app.image.shape[1] * 4 == 272 and not picture.update
+    assert "t = 250" in caption.data["text/plain"]
+    assert new_picture.update and new_picture.transient == picture.transient
+    assert new_picture.data["image/png"] != picture.data["image/png"]
+    assert new_caption.update and new_caption.transient == caption.transient and "t = 999" in new_caption.data["text/plain"]
