@@ -118,7 +118,7 @@ IGNORED = re.compile(r"(position_ids|num_batches_tracked)$")  # buffers some fil
 
 def vae_rules(config: VAEConfig) -> list[tuple[str, str]]:
     """The course's VAE keeps each side's layers in one nn.Sequential: a diffusers block's layers get flat indices."""
-    L, levels = config.layers_per_block, len(config.block_channels)
+    L = config.layers_per_block
     enc = lambda m: str(int(m[1]) * (L + 1) + int(m[2]))  # noqa: E731 - level i, resnet j
     dec = lambda m: str(int(m[1]) * (L + 2) + int(m[2]))  # noqa: E731
     return [
@@ -173,7 +173,7 @@ def diffusers_to_course(part: str, state: dict, config) -> dict:
 
 def ldm_unet_to_diffusers(state: dict, config: UNetConfig) -> dict:
     """model.diffusion_model.* (input_blocks / middle_block / output_blocks) -> diffusers' UNet names."""
-    L, levels = config.layers_per_block, len(config.block_channels)
+    L = config.layers_per_block
     res = [("in_layers.0", "norm1"), ("in_layers.2", "conv1"), ("emb_layers.1", "time_emb_proj"),
            ("out_layers.0", "norm2"), ("out_layers.3", "conv2"), ("skip_connection", "conv_shortcut")]
     out = {}
