@@ -107,6 +107,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images
 
 
+def from_float(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> uint8 tensors (0 … 255) of the same shape, on the CPU: to_float's inverse, as datasets and
+    the judge hold images."""
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] images (B, C, H, W) or (C, H, W) -> uint8 arrays (B, H, W, C) or (H, W, C) for plotting or PNGs."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .checks import check_number
-from .data import to_float
+from .data import from_float, to_float
 from .scenes import make_scenes
 
 
@@ -53,4 +53,16 @@ def decode_latents(vae, latents: torch.Tensor, scale: float = 1.0, *, batch_size
     device = next(vae.parameters()).device
     out = [vae.decode(latents[i:i + batch_size].to(device) / scale).clamp(-1, 1).cpu()
            for i in range(0, len(latents), batch_size)]
-    return ((torch.cat(out) + 1) * 127.5).round().to(torch.uint8)  # -1 … 1 -> 0 … 255
+    return from_float(torch.cat(out))  # -1 … 1 -> 0 … 255
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    """Images (N, 3, H, W), uint8 or float in [-1, 1] -> the VAE's round trip, float in [-1, 1], on the CPU.
+
+    Encode, take the posterior's mode (no sampling: the same image every time), decode: what a VAE keeps of an image.
+    """
+    vae.eval()
+    device = next(vae.parameters()).device
+    return torch.cat([vae.decode(vae.encode(to_float(images[i:i + batch_size].to(device))).mode()).clamp(-1, 1).cpu()
+                      for i in range(0, len(images), batch_size)])

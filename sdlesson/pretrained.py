@@ -42,6 +42,14 @@ def load_pretrained(name: str, *, device="cpu"):
     return load_model(checkpoint_path(name), device=device)
 
 
+def provenance(name: str) -> str:
+    """How a shipped checkpoint was made, from its own metadata: steps, time, hardware and the command to remake it."""
+    card = read_metadata(checkpoint_path(name))
+    hardware = card["hardware"].replace(" 1 threads", " 1 thread")
+    return (f"the shipped {name}: {card['steps']:,} steps, {card['seconds'] / 60:.0f} min on {hardware}\n"
+            f"  made by: {card['command']}")
+
+
 def scene_latent_scale() -> float:
     """The shipped VAE's latent scale factor: 1 / std of its training latents, measured when it was trained."""
     return float(read_metadata(checkpoint_path("scene_vae"))["latent_scale"])

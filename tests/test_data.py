@@ -52,3 +52,11 @@ def test_photo_is_the_cat_cropped_and_scaled():
 def test_to_uint8_round_trip():
     x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
     assert data.to_uint8(x).tolist() == [[[[0, 128, 255]]]]
+
+
+def test_from_float_undoes_to_float():
+    from sdlesson.data import from_float, to_float
+
+    images = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(from_float(to_float(images)), images)
+    assert from_float(torch.tensor([-3.0, 3.0])).tolist() == [0, 255]  # clamped to [-1, 1] first

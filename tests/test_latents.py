@@ -47,3 +47,15 @@ def test_decode_latents_undoes_the_scale_and_gives_uint8_images():
     with torch.no_grad():
         expected = ((vae.decode(z).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     assert (images.int() - expected.int()).abs().max() <= 1  # float rounding of the scale
+
+
+def test_reconstruct_is_encode_mode_then_decode():
+    from sdlesson.latents import reconstruct
+
+    vae = tiny_vae()
+    images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    got = reconstruct(vae, images, batch_size=2)
+    with torch.no_grad():
+        x = images.float() / 127.5 - 1
+        expected = vae.decode(vae.encode(x).mode()).clamp(-1, 1)
+    assert got.shape == (3, 3, 16, 16) and torch.allclose(got, expected, atol=1e-6)

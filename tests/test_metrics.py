@@ -47,3 +47,32 @@ def test_ssim_matches_skimage():
     torch.testing.assert_close(ssim(x, x), torch.ones(3))
     with pytest.raises(ValueError, match="same shape"):
         ssim(x, y[:, :1])
+
+
+def test_edge_error_is_the_mean_gradient_difference():
+    from sdlesson.metrics import edge_error, image_gradients
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 8, 8, generator=g)
+    dx = (torch.diff(x, dim=-1) - torch.diff(y, dim=-1)).abs().mean()
+    dy = (torch.diff(x, dim=-2) - torch.diff(y, dim=-2)).abs().mean()
+    assert edge_error(x, y) == pytest.approx((dx + dy).item(), rel=1e-6)
+    assert edge_error(x, x + 0.25) < 1e-6  # a constant shift moves no edge (float rounding aside)
+    assert all(torch.equal(a, b) for a, b in zip(image_gradients(x), (torch.diff(x, dim=-1), torch.diff(x, dim=-2))))
+
+
+def test_nearest_psnr_finds_the_closest_reference_exactly():
+    from sdlesson.metrics import nearest_psnr
+
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randint(0, 256, (50, 3, 8, 8), generator=g, dtype=torch.uint8)
+    near = reference[7].clone()
+    near[0, 0, 0] ^= 1  # one value off by 1: a near-copy
+    samples = torch.stack([reference[3], near, torch.randint(0, 256, (3, 8, 8), generator=g, dtype=torch.uint8)])
+    got = nearest_psnr(samples, reference, batch_size=2)
+    a, b = samples.double().div(127.5).sub(1).flatten(1), reference.double().div(127.5).sub(1).flatten(1)
+    brute = 10 * torch.log10(4 / (a[:, None] - b[None]).square().mean(-1).min(1).values)  # every pair, written out
+    assert got[0] > 100  # an exact copy: infinite, or rounding-level
+    assert got[1:].tolist() == pytest.approx(brute[1:].tolist(), abs=1e-3)
+    with pytest.raises(ValueError, match="image shape"):
+        nearest_psnr(samples[:, :1], reference)

@@ -103,3 +103,10 @@ def test_generate_command_with_the_shipped_models(tmp_path, capsys):
     main(["generate", "a large cat face in the center on a blue background", "-n", "2", "--num-steps", "10", "--zoom", "1",
           "--out", str(out)])
     assert Image.open(out).size == (2 * 64 + 3, 64 + 2) and "wrote" in capsys.readouterr().out
+
+
+def test_provenance_says_how_each_checkpoint_was_made():
+    for name in pretrained.CHECKPOINTS:
+        meta = read_metadata(pretrained.checkpoint_path(name))
+        text = pretrained.provenance(name)
+        assert f"{meta['steps']:,} steps" in text and meta["command"] in text and name in text

@@ -31,7 +31,7 @@ def make_venv(path: Path) -> Path:
 def test_wheel_holds_checkpoints_and_works_outside_the_repository(tmp_path):
     src = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the checkout
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "sdlesson", "data"):
+    for name in ("pyproject.toml", "README.md", "sdlesson", "data", "jupyter"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
         copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
@@ -41,10 +41,13 @@ def test_wheel_holds_checkpoints_and_works_outside_the_repository(tmp_path):
     shipped = sorted(p.name for p in (ROOT / "data").glob("*.safetensors"))
     assert shipped, "no checkpoints in data/"
     assert {f"sdlesson/data/{n}" for n in shipped} <= names, "the wheel lacks checkpoints"
+    settings = "share/jupyter/lab/settings/overrides.d/sdlesson.json5"  # JupyterLab keeps widget state (see file)
+    assert any(n.endswith(f".data/data/{settings}") for n in names), "the wheel lacks the JupyterLab settings"
     print(f"wheel: {wheel.stat().st_size / 2**20:.1f} MiB")
 
     python = make_venv(tmp_path / "venv")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, env=clean_env())
+    assert (tmp_path / "venv" / settings).exists(), "the wheel did not install the JupyterLab settings"
     work = tmp_path / "elsewhere"
     work.mkdir()
     script = (
