@@ -77,8 +77,24 @@ def configs_side_by_side() -> list[tuple[str, str, str]]:
             a, b = getattr(ours, field.name), getattr(sd, field.name)
             if field.name == "vocab":
                 a, b = f"{len(a)} words", "BPE"
-            rows.append((f"{part}.{field.name}", str(a), str(b)))
+            rows.append((f"{part}.{field.name}", _shown(part, field.name, a, ours), _shown(part, field.name, b, sd)))
     return rows
+
+
+def _shown(part: str, field: str, value, config) -> str:
+    """A config value as the table shows it: fields a config does not use say so, instead of a default."""
+    if part == "unet" and field in ("attention_head_dim", "attention_heads"):
+        widths = [c for c, on in zip(config.block_channels, config.attention_levels) if on]
+        if config.attention_heads:  # a fixed number of heads: head size follows the width
+            sizes = "/".join(str(c // config.attention_heads) for c in dict.fromkeys(widths))
+            return f"unused ({config.attention_heads} heads)" if field == "attention_head_dim" else \
+                f"{value} (head size {sizes})"
+        if field == "attention_heads":
+            heads = "/".join(str(c // config.attention_head_dim) for c in dict.fromkeys(widths))
+            return f"channels / {config.attention_head_dim} ({heads} heads)"
+    if part == "text" and field in ("image_channels", "image_size", "image_width", "embed_dim") and config is SD_TEXT_ENCODER:
+        return "— (no image tower)"
+    return str(value)
 
 
 def build_stable_diffusion(*, device="meta", dtype=torch.float32, unet: UNetConfig = SD_UNET, vae: VAEConfig = SD_VAE,

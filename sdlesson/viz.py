@@ -123,7 +123,8 @@ class InteractiveImage:
         height, width = self.image.shape[:2]
         width, height = width * self.scale, height * self.scale
         shown = min(width, self.max_width)
-        return ({"image/png": base64.b64encode(self.png).decode(), "text/plain": self.caption},
+        # text/plain is what a text-only reader sees in place of the picture; the caption follows as its own output
+        return ({"image/png": base64.b64encode(self.png).decode(), "text/plain": f"<picture, {width}×{height} px>"},
                 {"image/png": {"width": shown, "height": round(height * shown / width)}})
 
     def _caption(self) -> tuple[dict, dict]:

@@ -107,6 +107,10 @@ def test_configs_side_by_side_name_both_models():
     rows = dict((f, (a, b)) for f, a, b in configs_side_by_side())
     assert rows["unet.block_channels"] == ("(64, 128, 128)", "(320, 640, 1280, 1280)")
     assert rows["text.width"] == ("64", "768")
+    # SD fixes 8 heads, so its head size follows the width; it has no image tower
+    assert rows["unet.attention_heads"] == ("channels / 32 (4 heads)", "8 (head size 40/80/160)")
+    assert rows["unet.attention_head_dim"][1] == "unused (8 heads)"
+    assert rows["text.embed_dim"] == ("64", "— (no image tower)")
 
 
 def test_loads_in_half_precision(snapshot):
