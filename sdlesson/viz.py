@@ -277,7 +277,8 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
             z = z + noise * z.std() * torch.randn(z.shape, generator=torch.Generator().manual_seed(index)).to(device)
             recon = vae.decode(z).clamp(-1, 1).cpu()
         error = ((recon - x).abs() * 4 - 1).clamp(-1, 1)  # |x − x̂|, brightened 4×
-        caption = f"scene {index}, {decoder}, latent noise {noise:.2f}·std: PSNR {psnr(recon, x).item():.1f} dB"
+        caption = (f"original | reconstruction | error × 4 — scene {index}, {decoder}, latent noise {noise:.2f}·std: "
+                   f"PSNR {psnr(recon, x).item():.1f} dB")
         return image_grid(torch.cat([x, recon, error]), nrow=3, pad=2), caption
 
     return InteractiveImage(
