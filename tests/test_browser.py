@@ -10,6 +10,7 @@ Starts JupyterLab on 127.0.0.1 (a free port, a token set here) over a copy of th
      cell shows the last picture and caption and its controls (widget state saved: the course installs that JupyterLab
      default, jupyter/sdlesson.json5), and that no "Error displaying widget" appears anywhere;
   4. the browser console shows no errors (see BENIGN for what is ignored, and why).
+Before step 1 it also checks the committed notebook as opened: no "Error displaying widget" either.
 A screenshot of the explorer (1366x768) is saved for each lesson, and one more on failure, in a tmp folder whose path is
 printed (or $SDLESSON_SCREENSHOTS). Without Chromium or Playwright the test skips, except where $CI is set: there it fails.
 """
@@ -206,6 +207,10 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
         try:
             start = time.time()
             open_notebook(page, url, lesson)
+            # The committed notebook, before it runs: its stored outputs (widget state included) read as they are.
+            time.sleep(3)
+            broken = page.locator(f"{NOTEBOOK} .jp-OutputArea-output:has-text('Error displaying widget')")
+            assert broken.count() == 0, f"{lesson} as committed shows {broken.all_text_contents()}"
             run_all(page, url)
             wait_idle(page, url, RUN_TIMEOUT)
             ran = time.time() - start

@@ -20,7 +20,24 @@ colab_cell = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(colab_cell)
 
 # Imported after the system's .pth files: drops an editable install's finder so the venv starts without sdlesson.
-HIDE_SYSTEM_SDLESSON = "import sys\nsys.meta_path[:] = [f for f in sys.meta_path if 'sdlesson' not in repr(f)]\n"
+# The venv sees the machine's packages (torch and the rest, no network here) but must not see its sdlesson, however
+# that was installed: an editable install's import hook is dropped, and a regular install in the base environment's
+# site-packages is passed over (sdlesson is looked up only on paths outside the base environment).
+HIDE_SYSTEM_SDLESSON = """\
+import importlib.machinery, sys
+sys.meta_path[:] = [f for f in sys.meta_path if 'sdlesson' not in repr(f)]
+class HideBaseSdlesson:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != 'sdlesson':
+            return None
+        paths = [p for p in sys.path if not (p or '.').startswith(sys.base_prefix)]
+        spec = importlib.machinery.PathFinder.find_spec(name, paths)
+        if spec is None:
+            raise ModuleNotFoundError("No module named 'sdlesson'", name=name)
+        return spec
+sys.meta_path.insert(0, HideBaseSdlesson)
+"""
 
 
 def test_first_cells_and_badges_are_what_the_script_writes():
@@ -38,11 +55,16 @@ def test_first_cells_and_badges_are_what_the_script_writes():
 def test_first_cell_installs_the_course_offline(tmp_path):
     origin = tmp_path / "origin"  # a git repository with this checkout's files, standing in for GitHub
     origin.mkdir()
-    for name in ("pyproject.toml", "README.md", "sdlesson", "data"):
+    for name in ("pyproject.toml", "README.md", "sdlesson", "data", "jupyter"):  # what the package is built from
         if (ROOT / name).is_dir():
             shutil.copytree(ROOT / name, origin / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / name, origin / name)
+    # Another version than the machine's own sdlesson, which the venv (seeing the machine's packages) would otherwise
+    # count as installed: pip then installs from the clone, as on a fresh Colab runtime that has no sdlesson at all.
+    pyproject = origin / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.0+origin"', 1))
+    assert "0.1.0+origin" in pyproject.read_text()
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-C", str(origin)]
     for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "course"]):
         subprocess.run(git + args, check=True)

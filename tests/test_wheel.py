@@ -46,7 +46,9 @@ def test_wheel_holds_checkpoints_and_works_outside_the_repository(tmp_path):
     print(f"wheel: {wheel.stat().st_size / 2**20:.1f} MiB")
 
     python = make_venv(tmp_path / "venv")
-    subprocess.run([python, "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, env=clean_env())
+    # --force-reinstall: the venv sees the machine's own sdlesson, which pip would otherwise count as installed
+    subprocess.run([python, "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q", str(wheel)], check=True,
+                   env=clean_env())
     assert (tmp_path / "venv" / settings).exists(), "the wheel did not install the JupyterLab settings"
     work = tmp_path / "elsewhere"
     work.mkdir()
