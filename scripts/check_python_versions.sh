@@ -27,7 +27,10 @@ find_python() {  # $1 = "3.10": an interpreter of that version on PATH or under 
 
 prepare() {  # $1 version, $2 interpreter: the venv at /tmp/sdlesson-py$1, marked ready when its install succeeded
     local venv=/tmp/sdlesson-py$1 start=$SECONDS
-    [ -e "$venv/.ready" ] && return 0
+    if [ -e "$venv/.ready" ]; then  # built earlier in this run: only the course itself is installed again (seconds)
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall .
+        return
+    fi
     rm -rf "$venv"
     "$2" -m venv "$venv" &&
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt &&
