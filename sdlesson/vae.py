@@ -28,7 +28,7 @@ from torch import nn
 
 from .checks import check_float_tensor, check_pixel_range
 from .data import to_float
-from .metrics import image_gradients  # noqa: F401  (also importable from here, beside decoder_loss that uses it)
+from .metrics import image_gradients  # the edges decoder_loss compares
 from .unet import Downsample, Upsample  # the same resampling layers as the noise predictor
 
 
@@ -267,7 +267,6 @@ def vae_loss(model: VAE, batch, generator: torch.Generator, *, kl_weight: float 
     else:
         raise ValueError(f"reconstruction must be 'l1' or 'mse', got {reconstruction!r}")
     return rec + kl_weight * posterior.kl().mean() / x[0].numel()  # KL: per example, then per pixel value
-
 
 
 def decoder_loss(model: VAE, batch, generator: torch.Generator | None = None, *, edge_weight: float = 0.0) -> torch.Tensor:
