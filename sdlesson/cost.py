@@ -384,7 +384,8 @@ def device_name(device) -> str:
     if device.type == "cpu" and Path("/proc/cpuinfo").exists():
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads"
+                threads = torch.get_num_threads()
+                return f"{line.split(':', 1)[1].strip()}, {threads} thread{'s' if threads != 1 else ''}"
     return platform.processor() or platform.machine() or device.type
 
 

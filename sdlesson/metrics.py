@@ -47,7 +47,8 @@ def edge_error(x: torch.Tensor, y: torch.Tensor) -> float:
     return sum((a - b).abs().mean().item() for a, b in zip(image_gradients(x.float()), image_gradients(y.float())))
 
 
-def nearest_psnr(samples: torch.Tensor, reference: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+def nearest_psnr(samples: torch.Tensor, reference: torch.Tensor, *, batch_size: int = 256,
+                 reference_batch_size: int = 2048) -> torch.Tensor:
     """For each uint8 image in `samples` (n, C, H, W), the PSNR to the closest image in `reference` (N, C, H, W), in dB.
 
     A copy of a reference image scores ∞ (or above 100 dB), a near-copy 40 dB or more; a new image that merely looks
@@ -60,8 +61,8 @@ def nearest_psnr(samples: torch.Tensor, reference: torch.Tensor, *, batch_size: 
     for i in range(0, len(samples), batch_size):
         a = samples[i:i + batch_size].double().div(127.5).sub(1).flatten(1)
         nearest = torch.full((len(a),), torch.inf, dtype=torch.float64)
-        for j in range(0, len(reference), 2048):  # the reference in slices: memory stays ~200 MB whatever its size
-            b = reference[j:j + 2048].double().div(127.5).sub(1).flatten(1)
+        for j in range(0, len(reference), reference_batch_size):  # in slices: ~200 MB at most, whatever its size
+            b = reference[j:j + reference_batch_size].double().div(127.5).sub(1).flatten(1)
             squared = (a.square().sum(1, keepdim=True) + b.square().sum(1) - 2 * a @ b.T).clamp(min=0)  # |a − b|²
             nearest = torch.minimum(nearest, squared.min(1).values)
         out.append(10 * torch.log10(4 / (nearest / a.shape[1])).float())  # 10 log10(2² / MSE), range 2

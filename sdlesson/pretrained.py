@@ -42,11 +42,16 @@ def load_pretrained(name: str, *, device="cpu"):
     return load_model(checkpoint_path(name), device=device)
 
 
+def hardware(card: dict) -> str:
+    """Where a checkpoint was trained, from its metadata (files written before cost.device_name said "1 thread"
+    read "1 threads")."""
+    return card["hardware"].replace(" 1 threads", " 1 thread")
+
+
 def provenance(name: str) -> str:
     """How a shipped checkpoint was made, from its own metadata: steps, time, hardware and the command to remake it."""
     card = read_metadata(checkpoint_path(name))
-    hardware = card["hardware"].replace(" 1 threads", " 1 thread")
-    return (f"the shipped {name}: {card['steps']:,} steps, {card['seconds'] / 60:.0f} min on {hardware}\n"
+    return (f"the shipped {name}: {card['steps']:,} steps, {card['seconds'] / 60:.0f} min on {hardware(card)}\n"
             f"  made by: {card['command']}")
 
 

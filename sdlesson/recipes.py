@@ -242,10 +242,9 @@ def train_from_scratch(device: torch.device) -> bool:
 
 
 def shipped_training_time(*names: str) -> str:
-    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 threads'."""
+    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 thread'."""
     from .checkpoint import read_metadata
-    from .pretrained import checkpoint_path
+    from .pretrained import checkpoint_path, hardware
 
     cards = [read_metadata(checkpoint_path(get(n).name)) for n in names]
-    hardware = sorted({c["hardware"] for c in cards})
-    return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(hardware)}"
+    return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(sorted({hardware(c) for c in cards}))}"

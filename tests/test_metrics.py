@@ -69,7 +69,7 @@ def test_nearest_psnr_finds_the_closest_reference_exactly():
     near = reference[7].clone()
     near[0, 0, 0] ^= 1  # one value off by 1: a near-copy
     samples = torch.stack([reference[3], near, torch.randint(0, 256, (3, 8, 8), generator=g, dtype=torch.uint8)])
-    got = nearest_psnr(samples, reference, batch_size=2)
+    got = nearest_psnr(samples, reference, batch_size=2, reference_batch_size=16)  # several slices of each
     a, b = samples.double().div(127.5).sub(1).flatten(1), reference.double().div(127.5).sub(1).flatten(1)
     brute = 10 * torch.log10(4 / (a[:, None] - b[None]).square().mean(-1).min(1).values)  # every pair, written out
     assert got[0] > 100  # an exact copy: infinite, or rounding-level
