@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from sdlesson.samplers import DDIMSampler, DDPMSampler, make_sampler, sample
+from sdlesson.samplers import (SAMPLERS, DDIMSampler, DDPMSampler, EulerAncestralSampler, EulerSampler, HeunSampler,
+                               make_sampler, sample, timestep_at)
 from sdlesson.schedule import NoiseSchedule
 
 
@@ -20,8 +21,9 @@ def test_bad_step_counts_are_rejected(n):
 
 
 def test_unknown_sampler_and_stray_timestep():
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        make_sampler("euler", NoiseSchedule("linear"))
+    with pytest.raises(ValueError, match="unknown sampler 'lms': expected one of ddpm, ddim, euler, euler_a, heun, "
+                                         "dpmpp_2m, euler_ancestral"):
+        make_sampler("lms", NoiseSchedule("linear"))
     s = DDIMSampler(NoiseSchedule("linear"))
     s.set_timesteps(10)
     with pytest.raises(ValueError, match="not one of this sampler's 10 timesteps"):
@@ -181,5 +183,116 @@ def test_ddpm_steps_equal_diffusers():
 
 
 def test_spacing_is_checked():
-    with pytest.raises(ValueError, match="spacing must be one of linspace, leading"):
-        DDIMSampler(NoiseSchedule("linear"), spacing="trailing")
+    for cls in (DDIMSampler, EulerSampler):
+        with pytest.raises(ValueError, match="spacing must be one of linspace, leading, trailing, got 'uniform'"):
+            cls(NoiseSchedule("linear"), spacing="uniform")
+
+
+@pytest.mark.parametrize("num_steps", [1, 10, 50])
+def test_ddim_trailing_spacing_equals_diffusers(num_steps):
+    from diffusers import DDIMScheduler
+
+    ours = DDIMSampler(NoiseSchedule("scaled_linear"), clip_sample=None, spacing="trailing")
+    theirs = DDIMScheduler(**(SD_SCHEDULER | dict(timestep_spacing="trailing")))
+    ours.set_timesteps(num_steps)
+    theirs.set_timesteps(num_steps)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+
+
+# --- σ-space samplers: whole chains against diffusers' schedulers (the oracle) --------------------------------------
+# diffusers' Euler-family schedulers keep x_σ = x_t sqrt(1 + σ²) and feed the model scale_model_input(x_σ) = x_t;
+# DPMSolverMultistep keeps x_t. Ours keep x_t throughout. The fake model sees the same x_t in both and is smooth in t
+# (Karras timesteps differ by ~1e-3 where diffusers interpolates a float32 σ table, ours float64).
+
+def fake_eps(x, t):
+    """A fixed deterministic ε̂ = f(x_t, t), smooth in both."""
+    return 0.6 * x + 0.3 * torch.sin(3 * x + torch.as_tensor(t, dtype=torch.float32) / 300)
+
+
+ORACLES = {"euler": ("EulerDiscreteScheduler", {}), "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+           "heun": ("HeunDiscreteScheduler", {}),
+           "dpmpp_2m": ("DPMSolverMultistepScheduler", dict(algorithm_type="dpmsolver++", solver_order=2))}
+BETAS = {"scaled_linear": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+         "linear": dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)}
+
+
+def oracle(name, schedule_name, *, karras=False, spacing="linspace", steps_offset=0):
+    import diffusers
+
+    cls, kw = ORACLES[name]
+    kw = kw | BETAS[schedule_name] | dict(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=steps_offset)
+    if karras and name != "euler_a":
+        kw["use_karras_sigmas"] = True
+    return getattr(diffusers, cls)(**kw)
+
+
+def oracle_plan(name, schedule_name, num_steps, **kw):
+    theirs = oracle(name, schedule_name, **kw)
+    theirs.set_timesteps(num_steps)
+    if name == "euler_a" and kw.get("karras"):  # diffusers' Euler ancestral has no Karras option: give it Euler's plan
+        euler = oracle("euler", schedule_name, **kw)
+        euler.set_timesteps(num_steps)
+        theirs.sigmas, theirs.timesteps = euler.sigmas, euler.timesteps
+    return theirs
+
+
+def vp(theirs, name, sample):
+    """diffusers' sample after a step, as x_t: Euler-family samples are x_σ at the scheduler's current σ."""
+    if name == "dpmpp_2m":
+        return sample
+    sigma = theirs.sigmas[theirs.step_index].item()
+    return sample / (1 + sigma**2) ** 0.5
+
+
+def run_oracle(theirs, name, x, calls, model_t):
+    """diffusers' chain over `calls` from x_t = x, in its own space; every step's result as x_t. The fake model is
+    called with our timesteps `model_t` (Karras plans differ by < 1e-2 of a step), so both get the same ε̂."""
+    if name != "dpmpp_2m":  # its own space: x_σ = x_t sqrt(1 + σ²) at the first call's level
+        x = x * (1 + theirs.sigmas[theirs.index_for_timestep(calls[0])].item() ** 2) ** 0.5
+    out = []
+    for t, t_model in zip(calls, model_t):
+        gen = dict(generator=torch.Generator().manual_seed(len(out))) if name == "euler_a" else {}
+        x = theirs.step(fake_eps(theirs.scale_model_input(x, t), t_model), t, x, **gen).prev_sample
+        out.append(vp(theirs, name, x))
+    return torch.stack(out)
+
+
+def run_ours(ours, x, calls):
+    out = []
+    for t in calls:
+        x = ours.step(fake_eps(x, t), t, x, generator=torch.Generator().manual_seed(len(out)))
+        out.append(x)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("schedule_name", ["scaled_linear", "linear"])
+@pytest.mark.parametrize("karras", [False, True])
+@pytest.mark.parametrize("name", list(ORACLES))
+def test_sigma_samplers_equal_diffusers_over_whole_chains(name, karras, schedule_name, spacing):
+    """Same plan (timesteps and σ), same model outputs, same noise: every step of the chain within 1e-5 (fp32)."""
+    num_steps, offset = 10, (1 if spacing == "leading" else 0)
+    ours = make_sampler(name, NoiseSchedule(schedule_name), karras=karras, spacing=spacing, steps_offset=offset)
+    ours.set_timesteps(num_steps)
+    theirs = oracle_plan(name, schedule_name, num_steps, karras=karras, spacing=spacing, steps_offset=offset)
+    # The plan: timesteps exact (Karras: within 2e-3); σ within 1e-4 relative. Both gaps are diffusers' float32
+    # ᾱ table (1 - ᾱ loses digits near t = 0); ours is float64.
+    torch.testing.assert_close(ours.timesteps.double(), theirs.timesteps.double(), atol=1e-2 if karras else 0, rtol=0)
+    if karras and name != "dpmpp_2m":  # on diffusers' own float32 σ table, σ -> t agrees to 1e-4 of a step
+        a = theirs.alphas_cumprod.double()
+        table = ((1 - a) / a).sqrt()
+        levels = theirs.sigmas[:-1][::ours.order].double()  # Heun lists each level twice: take every other
+        torch.testing.assert_close(timestep_at(levels, table), theirs.timesteps[::ours.order].double(), atol=1e-4, rtol=0)
+    sigmas = ours.sigmas if name != "heun" else torch.cat([ours.sigmas[:1], ours.sigmas[1:-1].repeat_interleave(2),
+                                                           ours.sigmas[-1:]])  # diffusers lists Heun's σ per call
+    torch.testing.assert_close(sigmas, theirs.sigmas.double(), atol=0, rtol=1e-4)
+    assert ours.sigmas[-1] == 0 and (ours.sigmas[1:] < ours.sigmas[:-1]).all()
+    # The rule: the whole chain on the same plan (diffusers' σ, whose float32 rounding alone moves a linear-schedule
+    # Karras chain by ~3e-5), with the same ε̂ and the same noise.
+    ours.sigmas = torch.cat([theirs.sigmas[:-1][::ours.order], theirs.sigmas[-1:]]).double()
+    x_T = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mine, ref = run_ours(ours, x_T, ours.timesteps), run_oracle(theirs, name, x_T, theirs.timesteps, ours.timesteps)
+    assert len(mine) == (2 * num_steps - 1 if name == "heun" else num_steps)
+    # fp32: within 1e-5 of the chain's largest |x| (this fake ε̂ grows x to ~36 on the linear schedule, and x_σ there
+    # reaches 157 x_t, where float32 keeps ~1e-5 absolute).
+    torch.testing.assert_close(mine, ref, atol=1e-5 * max(1.0, ref.abs().max().item()), rtol=1e-5)
