@@ -175,7 +175,7 @@ class Sampler:
         return self._prev[t]
 
     def _alphas(self, t: int, x: torch.Tensor):
-        a = self.schedule.alphas_cumprod
+        a, t = self.schedule.alphas_cumprod, int(t)
         t_prev = self.prev_timestep(t)
         a_bar = a[t].item()
         final = 1.0 if self.set_alpha_to_one else a[0].item()  # ᾱ_{-1} = 1, the clean image; or ᾱ_0, as SD

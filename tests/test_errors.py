@@ -143,7 +143,7 @@ LIBRARY_CASES = [
      ValueError, "needs `uncond`"),
     # names, files, devices, types
     ("name: unknown noise schedule", lambda m: NoiseSchedule("quadratic"), ValueError, "unknown schedule 'quadratic'"),
-    ("name: unknown sampler", lambda m: make_sampler("euler", m["schedule"]), ValueError, "unknown sampler 'euler'"),
+    ("name: unknown sampler", lambda m: make_sampler("lms", m["schedule"]), ValueError, "unknown sampler 'lms'"),
     ("name: unknown shipped checkpoint", lambda m: pretrained.load_pretrained("scene_unet"), ValueError, "unknown checkpoint"),
     ("name: unknown photo", lambda m: load_photo("moon"), ValueError, "unknown photo 'moon'"),
     ("name: unknown silhouette split", lambda m: load_silhouettes("val"), ValueError, "split must be 'train', 'test' or 'all'"),
@@ -173,7 +173,7 @@ PIPELINE_CASES = [
     ("range: zero steps", dict(num_steps=0), ValueError, "num_steps must be an int from 1"),
     ("type: a seed that is not an int", dict(seed="a"), TypeError, "seed must be an int"),
     ("range: a negative seed", dict(seed=-1), ValueError, "seed must be an int >= 0"),
-    ("name: unknown sampler", dict(sampler="euler"), ValueError, "unknown sampler 'euler'"),
+    ("name: unknown sampler", dict(sampler="lms"), ValueError, "unknown sampler 'lms'"),
     ("name: a word the text encoder does not know", dict(prompt="a small cat face on a red background"),
      ValueError, "unknown word(s) 'red'"),
     ("name: an unknown word in the negative prompt", dict(negative_prompt="zebra"), ValueError, "unknown word(s) 'zebra'"),
