@@ -282,7 +282,8 @@ def test_sigma_samplers_equal_diffusers_over_whole_chains(name, karras, schedule
         a = theirs.alphas_cumprod.double()
         table = ((1 - a) / a).sqrt()
         levels = theirs.sigmas[:-1][::ours.order].double()  # Heun lists each level twice: take every other
-        torch.testing.assert_close(timestep_at(levels, table), theirs.timesteps[::ours.order].double(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(timestep_at(levels, table), theirs.timesteps[::ours.order].double(),
+                                   atol=1e-4, rtol=0)
     sigmas = ours.sigmas if name != "heun" else torch.cat([ours.sigmas[:1], ours.sigmas[1:-1].repeat_interleave(2),
                                                            ours.sigmas[-1:]])  # diffusers lists Heun's σ per call
     torch.testing.assert_close(sigmas, theirs.sigmas.double(), atol=0, rtol=1e-4)
