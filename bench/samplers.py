@@ -17,7 +17,7 @@ model's own guidance (3.0), and is measured by the course's instruments:
 Steps to quality: the fewest steps in the sweep whose mean distance is no larger than DDIM-50's. Heun calls the
 model 2n - 1 times for n steps, so the table gives model calls beside steps.
 
-    python bench/samplers.py                               # defaults: 8 prompts, ~830 model calls on batches of 16
+    python bench/samplers.py                               # defaults: 8 prompts, ~970 model calls on batches of 16
     python bench/samplers.py --prompts 80 --steps 4 6 8 12 16 25 50 --device cuda
 """
 
@@ -64,7 +64,7 @@ def run(pipe, name: str, karras: bool, steps: int, latents, cond, uncond, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=8, help="images per run, one per prompt (<= 80)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[4, 6, 8, 12, 16])
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 6, 8, 12, 16, 20])
     parser.add_argument("--ddim-steps", type=int, nargs="+", default=[25, 50], help="DDIM's extra step counts")
     parser.add_argument("--reference-steps", type=int, default=100, help="Heun steps (2n - 1 model calls)")
     parser.add_argument("--samplers", nargs="+", default=list(CONTESTANTS), choices=list(CONTESTANTS))
