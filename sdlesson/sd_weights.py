@@ -253,13 +253,11 @@ def vae_config_from_diffusers(cfg: dict) -> tuple[VAEConfig, float]:
 
 
 def text_config_from_transformers(cfg: dict) -> CLIPConfig:
-    if cfg.get("intermediate_size", 4 * cfg["hidden_size"]) != 4 * cfg["hidden_size"]:
-        raise ValueError("text_encoder/config.json: the MLP must be 4× the width, as CLIP's")
     if cfg.get("hidden_act", "quick_gelu") not in ("quick_gelu", "gelu"):
         raise ValueError(f"text_encoder/config.json: unsupported activation {cfg['hidden_act']!r}")
     return CLIPConfig(vocab=(), vocab_size=cfg["vocab_size"], max_length=cfg.get("max_position_embeddings", 77),
                       width=cfg["hidden_size"], layers=cfg["num_hidden_layers"], heads=cfg["num_attention_heads"],
-                      activation=cfg.get("hidden_act", "quick_gelu"))
+                      activation=cfg.get("hidden_act", "quick_gelu"), mlp_width=cfg.get("intermediate_size"))
 
 
 # --- loading ---------------------------------------------------------------------------------------------------

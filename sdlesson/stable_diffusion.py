@@ -54,7 +54,7 @@ SD_VAE = VAEConfig(block_channels=(128, 256, 512, 512), layers_per_block=2, patc
                    norm_eps=1e-6, downsample_padding="asymmetric", quant_conv=True)
 # CLIP ViT-L/14's text tower: the course's TextEncoder at 12 layers × 768, BPE ids, quick-GELU.
 SD_TEXT_ENCODER = CLIPConfig(vocab=(), vocab_size=49408, max_length=77, width=768, layers=12, heads=12,
-                             activation="quick_gelu")
+                             activation="quick_gelu", mlp_width=3072)
 SD_LATENT_SCALE = 0.18215  # 1 / std of SD's latents, as released
 SD_SCHEDULE = "scaled_linear"  # β from 0.00085 to 0.012 (linear in √β), T = 1000
 
@@ -76,6 +76,8 @@ def configs_side_by_side() -> list[tuple[str, str, str]]:
     for part, ours, sd in (("unet", recipes.SCENE_TEXT_UNET, SD_UNET), ("vae", recipes.SCENE_VAE, SD_VAE),
                            ("text", recipes.SCENE_CLIP, SD_TEXT_ENCODER)):
         for field in dataclasses.fields(sd):
+            if field.name == "mlp_width":  # both CLIP's 4 × width (256 and 3072): the width rows already say it
+                continue
             a, b = getattr(ours, field.name), getattr(sd, field.name)
             if field.name == "vocab":
                 a, b = f"{len(a)} words", "BPE"

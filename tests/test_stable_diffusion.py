@@ -201,3 +201,25 @@ def test_pickle_checkpoints_load_without_running_code(tmp_path, reference):
     torch.save({"state_dict": load_file(str(path))}, ckpt)
     sd = load_stable_diffusion(ckpt, configs=course_configs())
     assert max(max_errors(sd, reference).values()) <= TOLERANCE
+
+
+@torch.no_grad()
+def test_text_encoder_with_another_mlp_width_loads_and_matches_transformers():
+    """A CLIPTextModel whose intermediate_size is not 4 × hidden_size (small test models often have one) loads field
+    for field and gives transformers' hidden states (fp32, max abs error < TOLERANCE)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sd_snapshot import TEXT
+    from sdlesson.stable_diffusion import check_state, diffusers_to_course, text_config_from_transformers
+    from sdlesson.text import TextEncoder
+
+    torch.manual_seed(0)
+    theirs = CLIPTextModel(CLIPTextConfig(**(TEXT | {"intermediate_size": 48}))).eval()  # 48 ≠ 4 × 32
+    config = text_config_from_transformers(theirs.config.to_dict())
+    assert config.mlp_width == 48
+    ours = TextEncoder(config).eval()
+    state = diffusers_to_course("text", theirs.state_dict(), config)
+    check_state(ours, state, "text")
+    ours.load_state_dict(state)
+    ids = torch.randint(0, TEXT["vocab_size"], (2, 77), generator=torch.Generator().manual_seed(1))
+    assert (ours(ids) - theirs(ids).last_hidden_state).abs().max().item() < TOLERANCE
