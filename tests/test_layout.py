@@ -1,0 +1,30 @@
+"""The library's shape: the front door, the time-boxed fit, and the names that moved (still importable where
+notebooks and scripts found them)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_unet_config
+from sdlesson.schedule import NoiseSchedule
+from sdlesson.train import DiffusionLoss, TrainConfig, Trainer
+from sdlesson.unet import UNet
+
+
+def tiny_trainer(path=None, steps=10_000):
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=10_000)
+    return Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)), images,
+                   config, device="cpu", checkpoint_path=path, progress=False)
+
+
+def test_a_time_boxed_fit_stops_on_time_and_saves_where_it_stopped(tmp_path):
+    path = tmp_path / "run.safetensors"
+    trainer = tiny_trainer(path)
+    trainer.fit(max_seconds=1.0)
+    assert 0 < trainer.step < 10_000 and len(trainer.history) == trainer.step
+    assert tiny_trainer(path).step == trainer.step  # the checkpoint holds the step it stopped at
+    with pytest.raises(ValueError, match="max_seconds"):
+        trainer.fit(max_seconds=0)
