@@ -25,10 +25,15 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import load_weights, read_metadata
 from .classifier import Classifier, ClassifierConfig, classification_loss
-from .schedule import NoiseSchedule
-from .text import CLIP, CLIPConfig, clip_loss
-from .train import DiffusionLoss, TrainConfig
+from .data import load_silhouettes
+from .latents import encode_scenes, latent_scale
+from .pretrained import checkpoint_path, hardware, load_pretrained, scene_latent_scale
+from .scenes import make_scenes
+from .schedule import DiffusionLoss, NoiseSchedule
+from .text import CLIP, CLIPConfig, clip_loss, encode_prompts
+from .train import TrainConfig
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig, decoder_loss, vae_loss
 
@@ -108,9 +113,6 @@ class Recipe:
             torch.manual_seed(self.seed)
             model = self.model_class(self.config)
         if self.start_from is not None:
-            from .checkpoint import load_weights
-            from .pretrained import checkpoint_path
-
             load_weights(model, checkpoint_path(self.start_from), weights="ema")
         for part in self.frozen:
             getattr(model, part).requires_grad_(False)
@@ -134,26 +136,18 @@ def _env_int(name: str) -> int | None:
 # --- how each recipe's data is made -------------------------------------------------------------------------------
 
 def _silhouette_images():
-    from .data import load_silhouettes
-
     return load_silhouettes("train")[0]  # (8716, 1, 28, 28) in [-1, 1]
 
 
 def _silhouettes_with_labels():
-    from .data import load_silhouettes
-
     return load_silhouettes("train")  # images, labels (8716,)
 
 
 def _scene_images():
-    from .scenes import make_scenes
-
     return make_scenes(scene_train_count(), seed=SCENE_TRAIN_SEED)[0]  # uint8 (20000, 3, 64, 64), 246 MB
 
 
 def _judge_data():
-    from .scenes import make_scenes
-
     n = scene_train_count()
     seen = make_scenes(n * 4 // 5, seed=SCENE_JUDGE_SEED, split="train")
     heldout = make_scenes(n // 5, seed=SCENE_JUDGE_SEED, split="heldout")
@@ -163,9 +157,6 @@ def _judge_data():
 @functools.lru_cache(maxsize=1)
 def _scene_latents(count: int):
     """The training scenes' latents (× the shipped VAE's scale) and captions, encoded once per process."""
-    from .latents import encode_scenes
-    from .pretrained import load_pretrained, scene_latent_scale
-
     latents, captions, _ = encode_scenes(load_pretrained("scene_vae"), count, seed=SCENE_TRAIN_SEED,
                                          scale=scene_latent_scale())
     return latents, captions
@@ -182,9 +173,6 @@ def _clip_data():
 
 
 def _text_unet_data():  # the frozen text encoder's token embeddings, computed once per caption
-    from .pretrained import load_pretrained
-    from .text import encode_prompts
-
     latents, captions = _scene_latents(scene_train_count())
     context, mask = encode_prompts(load_pretrained("scene_clip"), captions)
     return latents, context, mask
@@ -192,8 +180,6 @@ def _text_unet_data():  # the frozen text encoder's token embeddings, computed o
 
 def _vae_metadata(vae, images) -> dict:
     """The latent scale factor, 1 / std of the training latents (SD's 0.18215 rule), stored with the VAE."""
-    from .latents import latent_scale
-
     return {"latent_scale": latent_scale(vae, images[:2000])}
 
 
@@ -243,8 +229,5 @@ def train_from_scratch(device: torch.device) -> bool:
 
 def shipped_training_time(*names: str) -> str:
     """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 thread'."""
-    from .checkpoint import read_metadata
-    from .pretrained import checkpoint_path, hardware
-
     cards = [read_metadata(checkpoint_path(get(n).name)) for n in names]
     return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(sorted({hardware(c) for c in cards}))}"
