@@ -28,3 +28,31 @@ def test_a_time_boxed_fit_stops_on_time_and_saves_where_it_stopped(tmp_path):
     assert tiny_trainer(path).step == trainer.step  # the checkpoint holds the step it stopped at
     with pytest.raises(ValueError, match="max_seconds"):
         trainer.fit(max_seconds=0)
+
+
+def test_the_front_door_names_resolve_and_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    import sdlesson
+
+    assert sdlesson.__all__[:2] == ["NoiseSchedule", "DiffusionLoss"]  # lesson order: the schedule first
+    for name in sdlesson.__all__:
+        assert getattr(sdlesson, name).__name__ == name
+    assert set(sdlesson.__all__) <= set(dir(sdlesson))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        sdlesson.nothing
+    code = "import sys, sdlesson; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_moved_names_stay_importable_where_they_were():
+    from sdlesson import pretrained, recipes, schedule, sd_weights, stable_diffusion, train
+
+    assert train.DiffusionLoss is schedule.DiffusionLoss and train.condition_kwargs is schedule.condition_kwargs
+    for name in ("UNET_RULES", "TEXT_RULES", "diffusers_to_course", "rename", "fuse_qkv", "read_state", "check_state",
+                 "text_config_from_transformers", "unet_config_from_diffusers", "vae_config_from_diffusers"):
+        assert getattr(stable_diffusion, name) is getattr(sd_weights, name)
+    assert pretrained.SCENE_VAE is recipes.SCENE_VAE and "SCENE_VAE" in dir(pretrained)
+    with pytest.raises(AttributeError):
+        pretrained.SCENE_VAE_TRAIN  # trimmed: read it from recipes
