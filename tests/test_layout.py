@@ -56,3 +56,26 @@ def test_moved_names_stay_importable_where_they_were():
     assert pretrained.SCENE_VAE is recipes.SCENE_VAE and "SCENE_VAE" in dir(pretrained)
     with pytest.raises(AttributeError):
         pretrained.SCENE_VAE_TRAIN  # trimmed: read it from recipes
+
+
+def test_recording_attention_keeps_the_cross_attention_softmax_and_stops():
+    """The recorded weights are a softmax over the text tokens: each row sums to 1 and masked tokens get 0."""
+    import dataclasses
+
+    from sdlesson.unet import recording_attention
+
+    torch.manual_seed(0)
+    unet = UNet(dataclasses.replace(tiny_unet_config(), context_dim=16)).eval()
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3, 7])
+    context, mask = torch.randn(2, 5, 16), torch.tensor([[True, True, True, False, False]] * 2)
+    with recording_attention(unet, where=lambda name: name.startswith("mid")) as layers:
+        assert list(layers) == ["mid_attn.cross_attn"]
+        unet(x, t, context=context, context_mask=mask)
+        w = layers["mid_attn.cross_attn"].weights  # (B, heads, N, L)
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]))
+        assert (w[..., 3:] == 0).all()
+        assert w.shape[:2] == (2, unet.mid_attn.cross_attn.heads) and w.shape[-1] == 5
+    assert unet.mid_attn.cross_attn.weights is None and not unet.mid_attn.cross_attn.keep_weights
+    with pytest.raises(ValueError, match="kind must be one of"):
+        with recording_attention(unet, kind="both"):
+            pass
