@@ -1,7 +1,7 @@
 """`python -m sdlesson ...`: train the course's checkpoints, and evaluate them.
 
     python -m sdlesson train silhouette_classifier
-    python -m sdlesson train silhouette_unet --steps 4000 --precision bf16 --out runs/
+    python -m sdlesson train silhouette_unet --steps 4000 --out runs/    # precision: what is fast here (auto)
     torchrun --standalone --nproc_per_node=2 -m sdlesson train silhouette_unet
     python -m sdlesson evaluate silhouette_unet --num-steps 50
     python -m sdlesson generate "a large cat face in the center on a blue background" --seed 1 --out cat.png
@@ -29,7 +29,8 @@ from . import checkpoint as ckpt
 from . import pretrained as pre
 from . import recipes
 from .cost import device_name
-from .train import Trainer, pick_device
+from .devices import pick_device
+from .train import Trainer
 from .unet import count_parameters
 
 
@@ -81,7 +82,9 @@ def train(args) -> None:
         trainer = Trainer(model, recipe.loss, data, config, device=device,
                           checkpoint_path=runs / f"{args.name}.train.safetensors")
         if trainer.rank == 0:
+            precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype]
             print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
+                  + f" in {precision}" + (f" ({config.precision})" if config.precision == "auto" else "")
                   + (f" × {trainer.world_size} processes" if trainer.world_size > 1 else "")
                   + (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
         trainer.fit()
@@ -200,7 +203,9 @@ def main(argv=None) -> None:
     p = sub.add_parser("train", help="train a shipped checkpoint from its recipe (resumes where a run stopped)")
     p.add_argument("name", help=f"one of {names}")
     p.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's (auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="default: the recipe's (auto: bf16 only where this machine computes it natively and faster, "
+                   "else fp32 on a CPU; bf16 or fp16 on CUDA)")
     p.add_argument("--checkpoint-every", type=int, help="steps between saves of the training state (default: the recipe's)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")

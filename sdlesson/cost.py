@@ -44,6 +44,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .devices import pick_device
 from .unet import UNet, UNetConfig
 
 aten = torch.ops.aten
@@ -294,8 +295,7 @@ def peak_memory(fn: Callable[[], object], *, device=None) -> int | None:
     no allocator statistic to read: fn() still runs, and None comes back. Use `activation_memory` there, which
     counts the bulk of a training step's memory exactly, on any device.
     """
-    device = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available()
-                                                               else torch.device("cpu"))
+    device = pick_device(device)
     if device.type != "cuda":
         fn()
         return None

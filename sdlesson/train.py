@@ -31,21 +31,11 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from .checks import check_device, check_number
+from .checks import check_number
+from .devices import PRECISIONS, autocast_dtype, pick_device  # noqa: F401  (pick_device: re-exported)
 from .progress import Progress
 # The loss lives beside the schedule it is built on; importable from here, where the lessons first meet it.
 from .schedule import DiffusionLoss, NoiseSchedule, condition_kwargs  # noqa: F401
-
-
-def pick_device(device=None) -> torch.device:
-    """The given device, else the best available: cuda, then mps, then cpu."""
-    if device is not None:
-        return check_device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 @dataclass
@@ -58,15 +48,15 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant, or cosine: lr decays to lr/10 at `steps` along half a cosine
     ema_decay: float = 0.999  # EMA of the weights, the ones we sample with
     grad_clip: float = 1.0  # max global gradient norm
-    precision: str = "auto"  # auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 elsewhere; or fp32 | bf16 | fp16
+    precision: str = "auto"  # auto: what is fast here (bf16 only where native: devices.py); or fp32|bf16|fp16
     seed: int = 0
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end), when a path is given
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -98,14 +88,6 @@ def process_group() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def autocast_dtype(precision: str, device: torch.device):
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class Trainer:
