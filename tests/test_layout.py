@@ -79,3 +79,20 @@ def test_recording_attention_keeps_the_cross_attention_softmax_and_stops():
     with pytest.raises(ValueError, match="kind must be one of"):
         with recording_attention(unet, kind="both"):
             pass
+
+
+def test_parameters_by_level_and_kind_adds_up_and_finds_every_resampler():
+    """Against independent counts: the total is the model's, and the "resample" column is exactly the parameters
+    of the Downsample / Upsample modules, found by type rather than by name."""
+    from sdlesson.cost import parameters_by_level_and_kind
+    from sdlesson.stable_diffusion import SD_UNET
+    from sdlesson.unet import Downsample, Upsample, count_parameters
+
+    with torch.device("meta"):
+        sd_unet = UNet(SD_UNET)  # shapes only
+    for unet in (UNet(tiny_unet_config()), sd_unet):
+        table = parameters_by_level_and_kind(unet)
+        assert sum(sum(row.values()) for row in table.values()) == count_parameters(unet)
+        resamplers = sum(count_parameters(m) for m in unet.modules() if isinstance(m, (Downsample, Upsample)))
+        assert sum(row["resample"] for row in table.values()) == resamplers > 0
+        assert list(table)[0] == "in/out" and "mid" in table and table["mid"]["resample"] == 0
