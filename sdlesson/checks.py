@@ -19,7 +19,9 @@ def describe(value) -> str:
     """A short description of what came: a tensor's shape and dtype, else the value itself."""
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return repr(value) if not isinstance(value, (list, tuple)) or len(value) < 8 else f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, (list, tuple)) and len(value) >= 8:
+        return f"a {type(value).__name__} of {len(value)}"
+    return repr(value)
 
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -66,8 +68,8 @@ def check_float_tensor(name: str, x, *, dims: int | None = None) -> torch.Tensor
     if dims is not None and x.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got {describe(x)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {describe(x)}"
-                        + (" (uint8 images: sdlesson.data.to_float maps 0…255 to [-1, 1])" if x.dtype == torch.uint8 else ""))
+        hint = " (uint8 images: sdlesson.data.to_float maps 0…255 to [-1, 1])" if x.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point tensor, got {describe(x)}{hint}")
     return x
 
 

@@ -79,7 +79,8 @@ SCENE_LATENT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_step
 # Text (lesson 06): a small CLIP trained contrastively on (latent, caption) pairs of the training scenes; its text
 # tower then stays frozen and gives the UNet 16 token embeddings of width 64 (SD: CLIP's 77 × 768).
 SCENE_CLIP = CLIPConfig()
-SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine", ema_decay=0.99)
+SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
+                               ema_decay=0.99)
 # The latent noise predictor with cross-attention to those embeddings wherever it has self-attention (4×4, 2×2 and
 # the middle); captions dropped for 10% of examples so the same model also predicts unconditionally (guidance).
 SCENE_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, context_dim=SCENE_CLIP.width)
@@ -108,7 +109,8 @@ class Recipe:
         return self.train.seed
 
     def build_model(self) -> torch.nn.Module:
-        """The model before training: initial weights drawn from the recipe's seed (the global RNG is left as it was)."""
+        """The model before training: initial weights drawn from the recipe's seed (the global RNG is left as it
+        was)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = self.model_class(self.config)
@@ -228,6 +230,7 @@ def train_from_scratch(device: torch.device) -> bool:
 
 
 def shipped_training_time(*names: str) -> str:
-    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 thread'."""
+    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC,
+    1 thread'."""
     cards = [read_metadata(checkpoint_path(get(n).name)) for n in names]
     return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(sorted({hardware(c) for c in cards}))}"

@@ -233,13 +233,15 @@ def cost_explorer(base) -> InteractiveImage:
             shown = np.where(gflops > 0, gflops, np.nan)  # no attention at all: no bar (log(0) has no length)
             ax.barh(y + offset, shown, height=0.38, color=color, label=space)
             for yi, v in zip(y + offset, gflops):
-                ax.text(v if v > 0 else low, yi, (f" {v:,.0f}" if v >= 100 else f" {v:.3g}") if v > 0 else " none", va="center", fontsize=7)
+                label = (f" {v:,.0f}" if v >= 100 else f" {v:.3g}") if v > 0 else " none"
+                ax.text(v if v > 0 else low, yi, label, va="center", fontsize=7)
         ax.set_xscale("log")
         ax.set_xlim(low, high)
         ax.set_yticks(y, labels=rows)
         ax.invert_yaxis()
         ax.set_xlabel("GFLOPs per forward pass (batch 1, log scale)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars, not on them
+        # beside the bars, not on them
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         fig.tight_layout()
         total = {space: sum(counts[space].values()) for space in counts}
         caption = (f"pixels 3×{side}² vs latents 4×{side // 8}²: {total['pixels'] / 1e9:,.2f} vs "

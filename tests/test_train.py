@@ -177,8 +177,6 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
 
     import IPython.display
 
-    from sdlesson import train
-
     shown = {}
 
     class Handle:
