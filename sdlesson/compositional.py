@@ -54,7 +54,7 @@ COLOUR_RGB = {"red": (225, 40, 40), "orange": (245, 140, 20), "yellow": (245, 22
               "blue": (40, 95, 225), "purple": (150, 60, 205)}
 # Backgrounds are neutral (no object colour is grey), so "the colour of an object" never means the background's.
 BACKGROUNDS = ("white", "gray", "dark gray")
-BACKGROUND_RGB = {"white": (245, 245, 245), "gray": (165, 165, 165), "dark gray": (75, 75, 75)}
+BACKGROUND_RGB = {"white": (245, 245, 245), "gray": (165, 165, 165), "dark gray": (85, 85, 85)}
 
 RELATIONS = ("left of", "right of", "above", "below")
 NUMBERS = {1: "a", 2: "two", 3: "three", 4: "four"}
@@ -153,7 +153,7 @@ def heldout_combos(scene: Scene) -> list[tuple]:
 def glyph_masks(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The kind's glyph fitted in a SPRITE_PX box, as float32 (h, w) coverages: (shape, outline), outline <= shape.
 
-    Drawn at the font's size, the outline thickened by a pixel there (else it fades to grey at 24 px), then both masks
+    Drawn at the font's size, the outline thickened by two pixels there (else it fades to grey at 24 px), then both masks
     resized by area. Recolouring is then one line: pixel = background · (1 − shape) + colour · (shape − outline).
     """
     if kind not in CODEPOINTS:
@@ -165,7 +165,8 @@ def glyph_masks(kind: str) -> tuple[np.ndarray, np.ndarray]:
     alpha = rgba[..., 3] / 255
     luminance = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     outline = Image.fromarray(((luminance < _OUTLINE_LUMINANCE) & (alpha > 0.5)).astype(np.uint8) * 255)
-    outline = np.asarray(outline.filter(ImageFilter.MaxFilter(3)), dtype=np.float32) / 255 * alpha
+    outline = np.asarray(outline.filter(ImageFilter.MaxFilter(5)), dtype=np.float32) / 255
+    alpha = np.maximum(alpha, outline)  # the thickened outline may grow past the glyph's edge (a thin handle)
     scale = SPRITE_PX / max(canvas.size)
     size = tuple(max(1, round(side * scale)) for side in canvas.size)
     shape, line = (np.asarray(Image.fromarray(m).resize(size, Image.BOX), dtype=np.float32).clip(0, 1)
