@@ -125,9 +125,13 @@ def _as_hwc(image) -> np.ndarray:
     return image.transpose(1, 2, 0) if image.shape[0] == 3 and image.shape[-1] != 3 else image
 
 
-def nearest_name(rgb, palette: dict[str, tuple]) -> str:
-    names = list(palette)
-    return names[int(np.argmin([np.square(np.asarray(rgb, np.float32) - palette[n]).sum() for n in names]))]
+def nearest_name(rgb, palette: dict[str, tuple], *, shade: bool = False) -> str:
+    """The palette's name nearest to an RGB value. shade=True forgives brightness: each palette colour c is first
+    scaled by the α in [0.5, 1] that brings it closest (a fill blurred into its black outline is a darker c)."""
+    p = np.asarray(rgb, np.float64)
+    colours = np.array(list(palette.values()), dtype=np.float64)  # (K, 3)
+    alpha = (colours @ p / np.square(colours).sum(1)).clip(0.5, 1) if shade else np.ones(len(colours))
+    return list(palette)[int(np.argmin(np.square(p - alpha[:, None] * colours).sum(1)))]
 
 
 def read_image(image) -> Reading:
@@ -147,7 +151,7 @@ def read_image(image) -> Reading:
         inside = pixels[region]
         chroma = inside.max(1) - inside.min(1)  # blends with the outline or the background are less colourful
         vivid = inside[chroma >= VIVID * np.percentile(chroma, 95)]
-        colour = nearest_name(np.median(vivid, 0), cw.COLOUR_RGB)
+        colour = nearest_name(np.median(vivid, 0), cw.COLOUR_RGB, shade=True)
         centre = ((xs.start + xs.stop) // 2, (ys.start + ys.stop) // 2)
         near = ndimage.binary_dilation(region, iterations=GROW) & ((labels == 0) | region)  # thin parts, faint
         windows.append(_features(image, near.astype(np.float32), background, centre))
@@ -162,3 +166,261 @@ def read_images(images) -> list[Reading]:
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"expected a uint8 image batch (N, 3, H, W), got {getattr(images, 'shape', type(images))}")
     return [read_image(im) for im in images]
+
+
+# --- prompts and GenEval's rules -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt and what it asks for: objects as (kind, count, colour), count None meaning "at least one", colour None
+    meaning any; and a relation ('left of', ...) that objects[0] must stand in to objects[1]."""
+
+    category: str
+    text: str
+    objects: tuple[tuple[str, int | None, str | None], ...]
+    relation: str | None = None
+
+    def combos(self) -> list[tuple]:
+        """The held-out compositions the prompt asks for, in compositional.heldout_combos' form."""
+        kinds = [k for k, _, _ in self.objects]
+        found = [("colour", k, c) for k, _, c in self.objects if (k, c) in cw.HELDOUT_COLOURS]
+        found += [("pair", a, b) for a, b in cw.HELDOUT_PAIRS if a in kinds and b in kinds]
+        return found + [("count", k, n) for k, n, _ in self.objects if (k, n) in cw.HELDOUT_COUNTS]
+
+
+def score(prompt: Prompt, reading: Reading) -> bool:
+    """Does the image read as `reading` hold what the prompt asks for? GenEval's rule for its category."""
+    chosen = []
+    for kind, count, colour in prompt.objects:
+        of_kind = [o for o in reading.objects if o.kind == kind]
+        if (len(of_kind) != count) if count is not None else not of_kind:
+            return False
+        if colour is not None:
+            of_kind = [o for o in of_kind if o.colour == colour]
+            if not of_kind:
+                return False
+        chosen.append(of_kind)
+    if prompt.relation is not None:
+        return any(cw.relation_holds(a.centre, b.centre, prompt.relation) for a in chosen[0] for b in chosen[1])
+    return True
+
+
+def _prompt(category: str, objects: list[tuple], relation: str | None = None) -> Prompt:
+    phrases = [cw.noun_phrase(k, n or 1, c) for k, n, c in objects]
+    text = f"{phrases[0]} {relation} {phrases[1]}" if relation else " and ".join(phrases)
+    return Prompt(category, text, tuple(objects), relation)
+
+
+def make_prompts(split: str = "train", *, per_category: int = 40, seed: int = 0) -> list[Prompt]:
+    """GenEval's six categories from templates: compositions seen in training ("train") or held out ("heldout").
+
+    Each category holds every composition of its kind when there are at most `per_category`, else a fixed random
+    `per_category` of them. Held-out prompts each ask for at least one held-out composition; seen prompts for none
+    (there is no held-out single object: every kind is seen).
+    """
+    cw._check_split(split)
+    rng = np.random.default_rng([seed, cw.SPLITS.index(split)])
+    held = split == "heldout"
+    pairs = [p for p in itertools.permutations(cw.KINDS, 2) if (tuple(sorted(p, key=cw.KINDS.index)) in
+                                                                 cw.HELDOUT_PAIRS) == held]
+    colours = [p for p in itertools.product(cw.KINDS, cw.COLOURS) if (p in cw.HELDOUT_COLOURS) == held]
+    counts = [p for p in itertools.product(cw.KINDS, range(2, cw.MAX_OBJECTS + 1)) if (p in cw.HELDOUT_COUNTS) == held]
+    if held:  # colour attribution: a held-out kind–colour beside a seen one, or a held-out pair in seen colours
+        attr = [(a, ca, b, cb) for a, ca in colours for b, cb in itertools.product(cw.KINDS, cw.COLOURS)
+                if b != a and (b, cb) not in cw.HELDOUT_COLOURS and tuple(sorted((a, b), key=cw.KINDS.index))
+                not in cw.HELDOUT_PAIRS]
+        attr += [(a, ca, b, cb) for a, b in pairs for ca, cb in itertools.product(cw.COLOURS, cw.COLOURS)
+                 if (a, ca) not in cw.HELDOUT_COLOURS and (b, cb) not in cw.HELDOUT_COLOURS]
+    else:
+        attr = [(a, ca, b, cb) for a, b in pairs for ca, cb in itertools.product(cw.COLOURS, cw.COLOURS)
+                if (a, ca) in colours and (b, cb) in colours]
+    position = [(a, r, b) for a, b in pairs for r in cw.RELATIONS]
+
+    def some(items):
+        return [items[i] for i in sorted(rng.permutation(len(items))[:per_category])] if len(items) > per_category \
+            else items
+
+    prompts = [] if held else [_prompt("single_object", [(k, None, None)]) for k in some(list(cw.KINDS))]
+    prompts += [_prompt("two_object", [(a, None, None), (b, None, None)]) for a, b in some(pairs)]
+    prompts += [_prompt("counting", [(k, n, None)]) for k, n in some(counts)]
+    prompts += [_prompt("colors", [(k, None, c)]) for k, c in some(colours)]
+    prompts += [_prompt("position", [(a, None, None), (b, None, None)], r) for a, r, b in some(position)]
+    prompts += [_prompt("color_attr", [(a, None, ca), (b, None, cb)]) for a, ca, b, cb in some(attr)]
+    return prompts
+
+
+def render_prompt(prompt: Prompt, rng: np.random.Generator) -> cw.Scene:
+    """A scene that holds exactly what the prompt asks (one of each kind unless counted, its colour if given) and
+    draws what it leaves open (colours, cells, background) at random: the prompt's ground-truth picture."""
+    n = [count or 1 for _, count, _ in prompt.objects]
+    if prompt.relation is not None:  # a's cell and b's cell, in the same row or column or diagonal, as the relation says
+        options = [(i, j) for i in range(4) for j in range(4) if i != j and cw.relation_holds(
+            cw.place("star", "red", i).centre, cw.place("star", "red", j).centre, prompt.relation)]
+        first = options[int(rng.integers(len(options)))]
+        cells = [*first, *(c for c in rng.permutation(4) if c not in first)]
+    else:
+        cells = list(rng.permutation(4))
+    things, i = [], 0
+    for (kind, _, colour), count in zip(prompt.objects, n):
+        colour = colour or cw.COLOURS[int(rng.integers(len(cw.COLOURS)))]
+        for _ in range(count):
+            shift = rng.integers(-cw.JITTER, cw.JITTER + 1, size=2)
+            things.append(cw.place(kind, colour, int(cells[i]), *map(int, shift)))
+            i += 1
+    return cw.Scene(tuple(things), cw.BACKGROUNDS[int(rng.integers(len(cw.BACKGROUNDS)))])
+
+
+def render_prompts(prompts: list[Prompt], n: int = 4, *, seed: int = 0) -> torch.Tensor:
+    """Ground-truth pictures of each prompt: uint8 (len(prompts), n, 3, 64, 64)."""
+    rng = np.random.default_rng(seed)
+    images = np.stack([[cw.render(render_prompt(p, rng)) for _ in range(n)] for p in prompts])
+    return torch.from_numpy(images).permute(0, 1, 4, 2, 3).contiguous()
+
+
+def geneval(prompts: list[Prompt], images: torch.Tensor) -> dict[str, tuple[float, float, int]]:
+    """GenEval's table: images uint8 (P, N, 3, 64, 64), N pictures of each of P prompts -> {category: (share of
+    pictures that hold their prompt, its standard error √(p(1−p)/n), n)}, and 'overall': the mean of the categories'
+    scores (GenEval's overall), its standard error from theirs."""
+    if images.dim() != 5 or len(images) != len(prompts):
+        raise ValueError(f"expected images (P, N, 3, H, W) with P = {len(prompts)} prompts, got {tuple(images.shape)}")
+    hits: dict[str, list[bool]] = {}
+    for prompt, pictures in zip(prompts, images):
+        hits.setdefault(prompt.category, []).extend(score(prompt, r) for r in read_images(pictures))
+    table = {}
+    for category in CATEGORIES:
+        if category in hits:
+            p, n = float(np.mean(hits[category])), len(hits[category])
+            table[category] = (p, math.sqrt(p * (1 - p) / n), n)
+    scores = [v[0] for v in table.values()]
+    table["overall"] = (float(np.mean(scores)), math.sqrt(sum(v[1] ** 2 for v in table.values())) / len(scores),
+                        sum(v[2] for v in table.values()))
+    return table
+
+
+# --- diversity and memorisation ------------------------------------------------------------------------------------
+
+def open_attributes(prompt: Prompt, readings: list[Reading]) -> dict[str, list]:
+    """What each picture chose for what the prompt leaves open: the colour of each uncoloured named kind, the cell
+    (quadrant) of each named kind when no relation fixes it, and the background. Pictures missing the kind add nothing."""
+    values: dict[str, list] = {"background": [r.background for r in readings]}
+    for kind, _, colour in prompt.objects:
+        for r in readings:
+            of_kind = [o for o in r.objects if o.kind == kind]
+            if of_kind and colour is None:
+                values.setdefault("colour", []).append(of_kind[0].colour)
+            if of_kind and prompt.relation is None:
+                x, y = of_kind[0].centre
+                values.setdefault("cell", []).append(int(x >= cw.CELL) + 2 * int(y >= cw.CELL))
+    return values
+
+
+SIZES_OF = {"background": len(cw.BACKGROUNDS), "colour": len(cw.COLOURS), "cell": 4}
+
+
+def diversity(prompt: Prompt, readings: list[Reading]) -> dict[str, float]:
+    """How spread the pictures of one prompt are over each attribute it leaves open: the entropy of the attribute's
+    values, H = −Σ p log p, divided by log(number of possible values): 1 = as spread as can be, 0 = always the same.
+    (Among 16 samples of 6 colours drawn uniformly the expected figure is about 0.87, not 1: few samples look uneven.)"""
+    out = {}
+    for name, values in open_attributes(prompt, readings).items():
+        if values:
+            p = np.array(list(cw._count(values).values()), dtype=np.float64) / len(values)
+            out[name] = float(-(p * np.log(p)).sum() / math.log(SIZES_OF[name]))
+    return out
+
+
+COPY_PSNR = 35.0  # dB: a sample this close to a training scene is called a copy of it (see copy_share)
+
+
+def copy_share(samples: torch.Tensor, training: torch.Tensor, *, threshold_db: float = COPY_PSNR) -> float:
+    """Memorisation: the share of uint8 samples (N, 3, 64, 64) within `threshold_db` PSNR of their nearest training
+    image. Set the threshold below the VAE's round-trip PSNR (a decoded copy scores about that) and compare with the
+    share for fresh renders of the world (copies by chance: a world of finitely many placements repeats itself)."""
+    from .metrics import nearest_psnr
+
+    return float((nearest_psnr(samples, training) >= threshold_db).float().mean())
+
+
+# --- measuring the instrument --------------------------------------------------------------------------------------
+
+def reader_accuracy(images: torch.Tensor, scenes: list[cw.Scene]) -> dict[str, float]:
+    """How well read_images recovers known scenes: per object, its kind and its colour (an object counts as read when
+    a found object's box centre lies within 8 px of its true one); per scene, the count of every kind, the background,
+    and the relations (all four, between every two objects, from the found boxes) — and the share with all of it right."""
+    hits: dict[str, list[bool]] = {k: [] for k in ("kind", "colour", "count", "position", "background", "scene")}
+    for reading, scene in zip(read_images(images), scenes):
+        matched = []
+        for thing in scene.objects:
+            near = [o for o in reading.objects if math.dist(o.centre, thing.centre) < 8]
+            matched.append(near[0] if near else None)
+            hits["kind"].append(bool(near) and near[0].kind == thing.kind)
+            hits["colour"].append(bool(near) and near[0].colour == thing.colour)
+        position = [a is not None and b is not None and all(
+            cw.relation_holds(a.centre, b.centre, r) == cw.relation_holds(s.centre, t.centre, r) for r in cw.RELATIONS)
+            for (a, s), (b, t) in itertools.combinations(zip(matched, scene.objects), 2)]
+        hits["position"].extend(position)
+        hits["count"].append(reading.counts == scene.counts)
+        hits["background"].append(reading.background == scene.background)
+        hits["scene"].append(hits["count"][-1] and hits["background"][-1] and all(position) and all(
+            m is not None and m.kind == t.kind and m.colour == t.colour for m, t in zip(matched, scene.objects)))
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def degrade(images: torch.Tensor, how: str, *, seed: int = 0) -> torch.Tensor:
+    """What a generator's pictures may look like: 'noise' (Gaussian, σ 12 levels), 'blur' (Gaussian, σ 0.8 px)."""
+    x = images.float()
+    if how == "noise":
+        x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(seed)) * 12
+    elif how == "blur":
+        radius, sigma = 2, 0.8
+        g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1.0) / sigma) ** 2)
+        g = g / g.sum()
+        kernel = (g[:, None] * g[None, :]).expand(3, 1, -1, -1)
+        x = F.conv2d(F.pad(x, (radius,) * 4, mode="replicate"), kernel, groups=3)
+    else:
+        raise ValueError(f"unknown degradation {how!r}; expected 'noise' or 'blur'")
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def validate_reader(*, num: int = 500, seed: int = 7, vae=None, images_per_prompt: int = 4) -> dict[str, dict]:
+    """The instrument measured before it judges: reader_accuracy on `num` fresh scenes of each split, clean, noisy,
+    blurred and (given a VAE) after a VAE round trip; then GenEval on each prompt set's own ground-truth pictures
+    (should be ~100%) and on mismatched ones (prompt i judged on the pictures of the next prompt of its category)."""
+    check_int("num", num, low=1)
+    report: dict[str, dict] = {}
+    for split in cw.SPLITS:
+        images, _, scenes = cw.make_scenes(num, seed=seed, split=split)
+        report[f"renders, {split}"] = reader_accuracy(images, scenes)
+        for how in ("noise", "blur"):
+            report[f"{how}, {split}"] = reader_accuracy(degrade(images, how), scenes)
+        if vae is not None:
+            from .data import to_float
+            from .latents import decode_latents, encode_images
+            from .metrics import psnr
+
+            trips = decode_latents(vae, encode_images(vae, images))
+            report[f"VAE round trip, {split}"] = reader_accuracy(trips, scenes) | {
+                "PSNR dB": float(psnr(to_float(trips), to_float(images)).mean())}
+    for split in cw.SPLITS:
+        prompts = make_prompts(split)
+        truth = render_prompts(prompts, images_per_prompt, seed=seed)
+        report[f"GenEval on own pictures, {split}"] = {k: v[0] for k, v in geneval(prompts, truth).items()}
+        shuffled = torch.empty_like(truth)
+        for category in CATEGORIES:
+            rows = [i for i, p in enumerate(prompts) if p.category == category]
+            shuffled[rows] = truth[np.roll(rows, -1)]
+        report[f"GenEval on mismatched pictures, {split}"] = {k: v[0] for k, v in geneval(prompts, shuffled).items()}
+    return report
+
+
+def format_report(report: dict[str, dict]) -> str:
+    """validate_reader's report as tables, one row per condition, one column per measure (rows that measure the same
+    things share a table)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, row in report.items():
+        groups.setdefault(tuple(row), []).append(name)
+    lines = []
+    for columns, names in groups.items():
+        lines.append(f"{'':40}" + "".join(f"{c[:13]:>14}" for c in columns))
+        lines += [f"{name:40}" + "".join(f"{report[name][c]:>14.3f}" for c in columns) for name in names]
+    return "\n".join(lines)
