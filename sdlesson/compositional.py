@@ -153,8 +153,8 @@ def heldout_combos(scene: Scene) -> list[tuple]:
 def glyph_masks(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """The kind's glyph fitted in a SPRITE_PX box, as float32 (h, w) coverages: (shape, outline), outline <= shape.
 
-    Drawn at the font's size, the outline thickened by two pixels there (else it fades to grey at 24 px), then both masks
-    resized by area. Recolouring is then one line: pixel = background · (1 − shape) + colour · (shape − outline).
+    Drawn at the font's size, the outline thickened by two pixels there (else it fades to grey at 24 px), then both
+    masks resized by area. Recolouring is then one line: pixel = background · (1 − shape) + colour · (shape − outline).
     """
     if kind not in CODEPOINTS:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")

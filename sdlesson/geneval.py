@@ -10,7 +10,8 @@ object detector and scores whether the image holds what the prompt asked for. He
 
 The reader is the instrument, and analytic, so it needs no weights: the background is the median of the image's
 border; an object is a connected region of pixels far from it; its colour is the nearest of COLOURS to the median of
-its most colourful pixels; its kind is the glyph whose shape and outline correlate best with the region's, over small shifts.
+its most colourful pixels; its kind is the glyph whose shape and outline correlate best with the region's, over
+small shifts.
 Its accuracy is measured on real renders (seen and held-out), on blurred and noisy ones and on VAE round trips by
 `validate_reader`, before it judges any model.
 
@@ -28,7 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -253,7 +254,7 @@ def render_prompt(prompt: Prompt, rng: np.random.Generator) -> cw.Scene:
     """A scene that holds exactly what the prompt asks (one of each kind unless counted, its colour if given) and
     draws what it leaves open (colours, cells, background) at random: the prompt's ground-truth picture."""
     n = [count or 1 for _, count, _ in prompt.objects]
-    if prompt.relation is not None:  # a's cell and b's cell, in the same row or column or diagonal, as the relation says
+    if prompt.relation is not None:  # a's cell and b's cell, side by side or diagonal, as the relation says
         options = [(i, j) for i in range(4) for j in range(4) if i != j and cw.relation_holds(
             cw.place("star", "red", i).centre, cw.place("star", "red", j).centre, prompt.relation)]
         first = options[int(rng.integers(len(options)))]
@@ -301,7 +302,8 @@ def geneval(prompts: list[Prompt], images: torch.Tensor) -> dict[str, tuple[floa
 
 def open_attributes(prompt: Prompt, readings: list[Reading]) -> dict[str, list]:
     """What each picture chose for what the prompt leaves open: the colour of each uncoloured named kind, the cell
-    (quadrant) of each named kind when no relation fixes it, and the background. Pictures missing the kind add nothing."""
+    (quadrant) of each named kind when no relation fixes it, and the background.
+    Pictures missing the kind add nothing."""
     values: dict[str, list] = {"background": [r.background for r in readings]}
     for kind, _, colour in prompt.objects:
         for r in readings:
@@ -320,7 +322,7 @@ SIZES_OF = {"background": len(cw.BACKGROUNDS), "colour": len(cw.COLOURS), "cell"
 def diversity(prompt: Prompt, readings: list[Reading]) -> dict[str, float]:
     """How spread the pictures of one prompt are over each attribute it leaves open: the entropy of the attribute's
     values, H = −Σ p log p, divided by log(number of possible values): 1 = as spread as can be, 0 = always the same.
-    (Among 16 samples of 6 colours drawn uniformly the expected figure is about 0.87, not 1: few samples look uneven.)"""
+    (16 samples drawn uniformly from 6 colours score about 0.90 on average, not 1: few samples look uneven.)"""
     out = {}
     for name, values in open_attributes(prompt, readings).items():
         if values:
@@ -346,7 +348,8 @@ def copy_share(samples: torch.Tensor, training: torch.Tensor, *, threshold_db: f
 def reader_accuracy(images: torch.Tensor, scenes: list[cw.Scene]) -> dict[str, float]:
     """How well read_images recovers known scenes: per object, its kind and its colour (an object counts as read when
     a found object's box centre lies within 8 px of its true one); per scene, the count of every kind, the background,
-    and the relations (all four, between every two objects, from the found boxes) — and the share with all of it right."""
+    and the relations (all four, between every two objects, from the found boxes); and the share with all of it
+    right."""
     hits: dict[str, list[bool]] = {k: [] for k in ("kind", "colour", "count", "position", "background", "scene")}
     for reading, scene in zip(read_images(images), scenes):
         matched = []
