@@ -91,32 +91,40 @@ def _features(image: np.ndarray, region: np.ndarray, background: np.ndarray, cen
     return padded[:, cy:cy + 2 * half, cx:cx + 2 * half]
 
 
+TEMPLATE_BLURS = (0.0, 1.5)  # px: each kind has a sharp template and a blurred one (a generator's soft edges)
+
+
 @functools.lru_cache(maxsize=1)
 def templates() -> torch.Tensor:
-    """(len(KINDS), 2, WINDOW, WINDOW): each kind's features, averaged over its colours and backgrounds."""
+    """(len(KINDS) · len(TEMPLATE_BLURS), 2, WINDOW, WINDOW): each kind's features at each blur, averaged over its
+    colours and backgrounds; kind k's templates are rows k·len(TEMPLATE_BLURS) onwards."""
     out = []
     for kind in cw.KINDS:
-        feats = []
-        for colour, background in itertools.product(cw.COLOURS, cw.BACKGROUNDS):
-            thing = cw.place(kind, colour, 0)
-            image = cw.render(cw.Scene((thing,), background))
-            bg = np.array(cw.BACKGROUND_RGB[background], dtype=np.float32)
-            region = np.abs(image.astype(np.float32) - bg).max(-1) > FOREGROUND
-            region = ndimage.binary_dilation(region, iterations=GROW).astype(np.float32)
-            centre = tuple(int(round(c)) for c in thing.centre)
-            feats.append(_features(image, region, bg, centre)[:, SHIFT:SHIFT + WINDOW, SHIFT:SHIFT + WINDOW])
-        out.append(np.mean(feats, 0))
+        for sigma in TEMPLATE_BLURS:
+            feats = []
+            for colour, background in itertools.product(cw.COLOURS, cw.BACKGROUNDS):
+                thing = cw.place(kind, colour, 0)
+                image = cw.render(cw.Scene((thing,), background))
+                if sigma:
+                    image = ndimage.gaussian_filter(image.astype(np.float32), (sigma, sigma, 0)).round()
+                bg = np.array(cw.BACKGROUND_RGB[background], dtype=np.float32)
+                region = np.abs(image.astype(np.float32) - bg).max(-1) > FOREGROUND
+                region = ndimage.binary_dilation(region, iterations=GROW).astype(np.float32)
+                centre = tuple(int(round(c)) for c in thing.centre)
+                feats.append(_features(image, region, bg, centre)[:, SHIFT:SHIFT + WINDOW, SHIFT:SHIFT + WINDOW])
+            out.append(np.mean(feats, 0))
     return torch.from_numpy(np.stack(out))
 
 
 def _match(windows: torch.Tensor) -> torch.Tensor:
     """(n, 2, WINDOW + 2·SHIFT, ·) -> (n, len(KINDS)) the best normalised correlation of each window with each
-    template over every shift: cos = ⟨w, t⟩ / (|w| |t|)."""
+    kind's templates over every shift and blur: cos = ⟨w, t⟩ / (|w| |t|)."""
     t = templates()
     t = t / t.flatten(1).norm(dim=1)[:, None, None, None]
-    dots = F.conv2d(windows, t)  # (n, K, 2·SHIFT + 1, ·)
+    dots = F.conv2d(windows, t)  # (n, K · blurs, 2·SHIFT + 1, ·)
     energy = F.conv2d(windows.square().sum(1, keepdim=True), torch.ones(1, 1, WINDOW, WINDOW))  # |w|² per shift
-    return (dots / energy.clamp(min=1e-6).sqrt()).flatten(2).max(2).values
+    cos = (dots / energy.clamp(min=1e-6).sqrt()).flatten(2).max(2).values
+    return cos.view(len(windows), len(cw.KINDS), len(TEMPLATE_BLURS)).max(2).values
 
 
 def _as_hwc(image) -> np.ndarray:
