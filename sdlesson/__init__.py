@@ -31,6 +31,8 @@ Where each piece lives (lesson, module, main objects):
                           cost.py             FLOPs, activation memory and timings, counted on the meta device
     support               checks.py           input checks at the public boundary; batches.py: run a model in chunks
                           data.py, scenes.py  silhouettes, photos, the emoji-scene generator
+                          compositional.py    the compositional world: 1-4 objects, counts, colours, positions
+                          geneval.py          GenEval's prompts and rules in that world, images read back to objects
                           viz.py, progress.py image grids and widgets; a training run's progress line
                           cli.py              python -m sdlesson train | evaluate | generate
 
