@@ -29,7 +29,8 @@ from . import checkpoint as ckpt
 from . import pretrained as pre
 from . import recipes
 from .cost import device_name
-from .train import Trainer, pick_device
+from .devices import pick_device
+from .train import Trainer
 from .unet import count_parameters
 
 
@@ -112,7 +113,8 @@ EVALUATE_FLAGS = {"--num-samples": "num_samples", "--num-steps": "num_steps", "-
 
 
 def evaluate(args) -> None:
-    from . import evaluate as ev
+    """Every option checked before any model loads or any data is made: a mistake costs no time."""
+    from . import reports  # here: the instruments' imports cost a second, which train and generate need not pay
 
     recipes.get(args.name)  # ValueError for an unknown name
     takes = EVALUATE_OPTIONS.get(args.name, {})
@@ -123,7 +125,9 @@ def evaluate(args) -> None:
         raise ValueError(f"evaluate {args.name} does not use {', '.join(refused)} (it takes {accepted})")
     options = {key: getattr(args, EVALUATE_FLAGS[flag]) for key, flag in takes.items()
                if getattr(args, EVALUATE_FLAGS[flag]) is not None}
-    report = getattr(ev, f"evaluate_{args.name}")(device=pick_device(args.device), **options)
+    reports.check_options(**options)
+    device = pick_device(args.device)
+    report = getattr(reports, f"evaluate_{args.name}")(device=device, **options)
     for key, value in report.items():
         print(f"{key:>36}: {value}")
 
@@ -212,7 +216,8 @@ def main(argv=None) -> None:
     p.add_argument("name", help=f"one of {names}")
     p.add_argument("--device")
     p.add_argument("--num-samples", type=int, help="unconditional UNets: how many samples to judge (default: 1000)")
-    p.add_argument("--num-steps", type=int, help="UNets: sampling steps (default: 100 for silhouettes, 50 for latents, 25 for text)")
+    p.add_argument("--num-steps", type=int,
+                   help="UNets: sampling steps (default: 100 for silhouettes, 50 for latents, the pipeline's for text)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), help="unconditional UNets (default: ddim)")
     p.add_argument("--guidance", type=float, help="scene_text_unet: the guidance scale (default: the generate default)")
     p.set_defaults(func=evaluate)

@@ -31,7 +31,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB, for images in [-1, 1] (data_range 2): 10 log10(range² / MSE)."""
     if x.shape != y.shape or x.dim() < 2:
-        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     mse = (x.float() - y.float()).square().flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
 

@@ -12,7 +12,8 @@ Starts JupyterLab on 127.0.0.1 (a free port, a token set here) over a copy of th
   4. the browser console shows no errors (see BENIGN for what is ignored, and why).
 Before step 1 it also checks the committed notebook as opened: no "Error displaying widget" either.
 A screenshot of the explorer (1366x768) is saved for each lesson, and one more on failure, in a tmp folder whose path is
-printed (or $SDLESSON_SCREENSHOTS). Without Chromium or Playwright the test skips, except where $CI is set: there it fails.
+printed (or $SDLESSON_SCREENSHOTS). Without Chromium or Playwright the test skips, except where $CI is set: there it
+fails.
 """
 
 import json
@@ -202,7 +203,8 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.set_default_timeout(120_000)
-        page.on("console", lambda m: errors.append(f"{m.text} @ {m.location.get('url')}") if m.type == "error" else None)
+        page.on("console",
+                lambda m: errors.append(f"{m.text} @ {m.location.get('url')}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
         try:
             start = time.time()
@@ -217,7 +219,8 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             assert not [p for p in prompts(page) if p.strip() == "[ ]:"], f"cells did not run: {prompts(page)}"
             cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(index)
             errors_shown = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-            assert not cell.locator(".jp-OutputArea-output:has-text('Traceback')").count(), errors_shown.all_text_contents()
+            traceback = cell.locator(".jp-OutputArea-output:has-text('Traceback')")
+            assert not traceback.count(), errors_shown.all_text_contents()
             bring_into_view(page, cell)
             cell.locator(".jupyter-widgets.widget-hbox").wait_for()
             picture = cell.locator(".jp-RenderedImage img").last

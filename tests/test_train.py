@@ -177,8 +177,6 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
 
     import IPython.display
 
-    from sdlesson import train
-
     shown = {}
 
     class Handle:
@@ -187,7 +185,7 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ipykernel", sys)
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw, display_id: shown.update(last=obj["text/plain"]) or Handle())
-    monkeypatch.setattr(train.sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     trainer = small_trainer(steps=6)
     trainer.progress = True
     trainer.fit()
