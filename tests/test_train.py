@@ -10,10 +10,11 @@ from sdlesson.unet import UNet
 from conftest import tiny_unet_config
 
 
-def small_trainer(path=None, steps=6, seed=0):
+def small_trainer(path=None, steps=6, seed=0, precision="fp32"):
     torch.manual_seed(0)
     images = torch.rand(16, 1, 8, 8) * 2 - 1
-    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, checkpoint_every=3)
+    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, checkpoint_every=3,
+                         precision=precision)
     return Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)), images,
                    config, device="cpu", checkpoint_path=path, progress=False)
 
@@ -40,18 +41,30 @@ def test_diffusion_loss_falls_on_a_fixed_batch():
     assert last < 0.5 * first
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    straight = small_trainer(steps=6)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, precision):
+    """3 steps, a checkpoint, 3 more in a fresh Trainer == 6 straight, bit for bit; fp16 restores its loss scale."""
+    def fresh(path=None, steps=6):
+        trainer = small_trainer(path, steps=steps, precision=precision)
+        if precision == "fp16" and trainer.step == 0:  # a loss scale that doubles every 2 steps, so it moves in 3
+            trainer.scaler = torch.amp.GradScaler("cpu", growth_interval=2)
+        return trainer
+
+    straight = fresh(steps=6)
     straight.fit()
 
     path = tmp_path / "run.safetensors"
-    first = small_trainer(path, steps=3)
+    first = fresh(path, steps=3)
     first.fit()  # writes the checkpoint at step 3
-    resumed = small_trainer(path, steps=6)  # a fresh process would do exactly this
+    resumed = small_trainer(path, steps=6, precision=precision)  # a fresh process would do exactly this
     assert resumed.step == 3 and len(resumed.history) == 3
+    assert resumed.scaler.state_dict() == first.scaler.state_dict()  # {} when disabled (fp32, bf16)
+    if precision == "fp16":
+        assert resumed.scaler.get_scale() == 2.0 ** 17 and resumed.amp_dtype == torch.float16
     resumed.fit()
 
     assert resumed.history == straight.history
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
