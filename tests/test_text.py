@@ -78,7 +78,7 @@ def test_clip_learns_to_match_captions_to_latents():
     ids, mask = clip.config.tokenizer()(captions)
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     trainer = Trainer(clip, clip_loss, (latents, ids, mask), TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10),
-                      progress=False)
+                      device="cpu", progress=False)
     history = trainer.fit()
     assert history[-1] < 0.4 * history[0]
     with torch.no_grad():

@@ -123,9 +123,16 @@ def test_resume_reads_a_file_from_before_a_config_field_existed(tmp_path):
         small_trainer(path, steps=6)
 
 
-def test_pick_device_prefers_an_explicit_choice():
+def test_pick_device_prefers_an_explicit_choice_then_cuda_then_mps(monkeypatch):
     assert pick_device("cpu").type == "cpu"
-    assert pick_device().type in ("cuda", "mps", "cpu")
+    cuda, mps = [True], [True]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda[0])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps[0])
+    assert pick_device().type == "cuda" and pick_device("cpu").type == "cpu"
+    cuda[0] = False
+    assert pick_device().type == "mps"
+    mps[0] = False
+    assert pick_device().type == "cpu"
 
 
 def test_class_dropout_uses_the_null_class():

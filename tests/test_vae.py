@@ -152,7 +152,8 @@ def test_decoder_loss_trains_the_decoder_alone(tiny_vae):
     assert decoder_loss(tiny_vae, (images,), edge_weight=1.0) > decoder_loss(tiny_vae, (images,))
     tiny_vae.encoder.requires_grad_(False)
     encoder = [p.clone() for p in tiny_vae.encoder.parameters()]
-    trainer = Trainer(tiny_vae, decoder_loss, images, TrainConfig(steps=3, batch_size=2, warmup_steps=1), progress=False)
+    trainer = Trainer(tiny_vae, decoder_loss, images, TrainConfig(steps=3, batch_size=2, warmup_steps=1),
+                      device="cpu", progress=False)
     trainer.fit()
     assert all(torch.equal(a, b) for a, b in zip(encoder, tiny_vae.encoder.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(VAE(tiny_vae_config()).decoder.parameters(), tiny_vae.decoder.parameters()))
