@@ -15,6 +15,25 @@ def test_output_has_the_input_shape(channels, size):
     assert model(x, torch.tensor([0, 999])).shape == x.shape
 
 
+@pytest.mark.parametrize("block", ["simple", "transformer"])
+def test_unet_fits_a_tiny_batch(block):
+    """More than shapes: 3-channel 16×16, text-conditioned, the UNet learns two fixed (x, t, context) → target maps
+    (the loss falls to under 5% of its start in 60 Adam steps), so every path from input to output carries signal."""
+    torch.manual_seed(0)
+    model = UNet(tiny_unet_config(in_channels=3, sample_size=16, context_dim=6, attention_block=block))
+    x, t, ctx = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.randn(2, 3, 6)
+    target = torch.randn(2, 3, 16, 16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = (model(x, t, context=ctx) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+
+
 def test_timestep_embedding_formula():
     t = torch.tensor([0, 7, 500])
     emb = timestep_embedding(t, 8)
