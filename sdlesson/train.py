@@ -233,6 +233,7 @@ class Trainer:
             path, tensors, kind=ckpt.kind_of(self.model), config=self.model.config.to_dict(),
             train_config=asdict(self.config), step=self.step, seconds=self.seconds,
             param_groups=opt["param_groups"], grad_scale=self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            grad_scaler=self.scaler.state_dict() or None,  # fp16: the loss scale and its growth count; else {}
             device=str(self.device), **meta,
         )
 
@@ -258,7 +259,9 @@ class Trainer:
             i, name = key.split(".", 1)
             state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        if meta.get("grad_scale") and self.scaler.is_enabled():
-            self.scaler.update(meta["grad_scale"])
+        if meta.get("grad_scale") and self.scaler.is_enabled():  # fp16: go on with the saved loss scale
+            # load_state_dict, not update(scale): update needs a scale set up by a step, and a fresh scaler has none
+            saved_scaler = meta.get("grad_scaler") or {"scale": meta["grad_scale"]}  # a file from before grad_scaler
+            self.scaler.load_state_dict(self.scaler.state_dict() | saved_scaler)
         self.step, self.seconds = meta["step"], meta.get("seconds", 0.0)
         self.history = tensors["history.loss"].tolist()

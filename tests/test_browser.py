@@ -154,10 +154,47 @@ def shown(cell):
             cell.locator(".jp-RenderedText").last.text_content().strip())
 
 
+def until(condition, timeout: float, what: str):
+    """Poll `condition` every 0.25 s until it holds; fail naming `what` after `timeout` seconds."""
+    end = time.time() + timeout
+    while not condition():
+        if time.time() > end:
+            raise AssertionError(f"after {timeout:.0f} s: {what}")
+        time.sleep(0.25)
+
+
+WIDGET_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']"
+
+
+def wait_rendered(page, scope: str, timeout_ms: int = 60_000):
+    """Until the outputs under `scope` have rendered: every widget output drew its controls or its error, and the
+    outputs' HTML stayed the same for a second (the browser polls it; no fixed sleep)."""
+    page.wait_for_function("""([scope, widgetSel]) => {
+        const outputs = Array.from(document.querySelectorAll(scope + ' .jp-OutputArea'));
+        const drawn = Array.from(document.querySelectorAll(scope + ' ' + widgetSel)).every(
+            w => w.querySelector('.jupyter-widgets') || w.textContent.includes('Error displaying widget'));
+        const html = outputs.map(o => o.innerHTML).join('');
+        const memo = window.__sdlessonRendered || (window.__sdlessonRendered = {});
+        const now = Date.now();
+        if (!drawn || memo[scope] === undefined || memo[scope].html !== html) {
+            memo[scope] = {html, since: now};
+            return false;
+        }
+        return now - memo[scope].since >= 1000;
+    }""", arg=[scope, WIDGET_OUTPUT], polling=200, timeout=timeout_ms)
+
+
 def bring_into_view(page, cell):
-    for _ in range(3):  # cells above re-measure while their outputs render
+    """Scroll to the cell until it stops moving: cells above re-measure while their outputs render."""
+    last = [None]
+
+    def steady():
         cell.scroll_into_view_if_needed()
-        time.sleep(0.5)
+        box = cell.bounding_box()
+        moved, last[0] = box != last[0], box
+        return not moved
+
+    until(steady, 30, "the cell kept moving as the notebook rendered")
     cell.locator(".jp-OutputArea").last.scroll_into_view_if_needed()
 
 
@@ -169,7 +206,7 @@ def open_notebook(page, url, lesson):
                                         == "idle" for s in api(url, "sessions")):
         time.sleep(1)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
-    time.sleep(2)
+    wait_rendered(page, NOTEBOOK)  # the stored outputs, widget state included, drawn as they will stay
 
 
 def run_all(page, url):
@@ -209,8 +246,8 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
         try:
             start = time.time()
             open_notebook(page, url, lesson)
-            # The committed notebook, before it runs: its stored outputs (widget state included) read as they are.
-            time.sleep(3)
+            # The committed notebook, before it runs: its stored outputs (widget state included) read as they are
+            # (open_notebook waited until every widget output drew its controls or its error).
             broken = page.locator(f"{NOTEBOOK} .jp-OutputArea-output:has-text('Error displaying widget')")
             assert broken.count() == 0, f"{lesson} as committed shows {broken.all_text_contents()}"
             run_all(page, url)
@@ -261,8 +298,9 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(index)
             bring_into_view(page, cell)
             cell.locator(".jp-RenderedImage img").last.wait_for()
-            time.sleep(3)  # let the widget outputs settle to what they will show
-            assert shown(cell) == after, f"{lesson}: the reopened notebook shows another picture or caption"
+            wait_rendered(page, NOTEBOOK)
+            until(lambda: shown(cell) == after, 30,
+                  f"{lesson}: the reopened notebook shows another picture or caption: {shown(cell)} != {after}")
             page.screenshot(path=shots / f"{lesson}-reopened.png")
             # The course's JupyterLab default (jupyter/sdlesson.json5) saves the widget state with the notebook, so
             # the controls come back as drawn, and nothing anywhere says "Error displaying widget".

@@ -19,13 +19,23 @@ def test_prompt_sets_cover_their_pairs_without_repeats():
     assert prompt_set("train") == seen  # fixed
 
 
-def test_real_scenes_are_clean_and_at_distance_zero_from_themselves():
+def test_real_scenes_are_clean_and_scene_quality_compares_the_right_sets():
+    """scene_quality's Fréchet distances are samples vs reference and floor reference vs reference, in judge features,
+    recomputed here from the features; real scenes are judged right and clean."""
+    from sdlesson.classifier import extract_features
+    from sdlesson.metrics import frechet_distance
+
     judge = pretrained.load_pretrained("scene_judge")
     images, _, labels = make_scenes(96, seed=pretrained.SCENE_TEST_SEED, split="heldout")
     predicted, confidence = judge_scenes(judge, images, batch_size=40)
     assert torch.equal(predicted, labels) and confidence.shape == (96, 4)
-    q = scene_quality(judge, images, images, make_scenes(96, seed=pretrained.SCENE_TRAIN_SEED)[0])
-    assert q["clean"] > 0.95 and abs(q["fd"]) < 1e-6 and q["floor"] > 1.0
+    samples, reference = images[:48], images[48:]
+    training = make_scenes(96, seed=pretrained.SCENE_TRAIN_SEED)[0]
+    q = scene_quality(judge, samples, reference, training)
+    features = lambda x: extract_features(judge, x)  # noqa: E731
+    assert q["fd"] == pytest.approx(frechet_distance(features(samples), features(reference)), rel=1e-4)
+    assert q["floor"] == pytest.approx(frechet_distance(features(training[:48]), features(reference)), rel=1e-4)
+    assert q["clean"] > 0.95 and q["floor"] > q["fd"] > 0  # held-out scenes lie nearer each other than training
 
 
 def test_batched_judging_equals_one_batch():
