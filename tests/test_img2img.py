@@ -132,3 +132,84 @@ def test_callback_sees_each_step_and_its_clean_estimate(pipelines):
     assert x0.shape == x.shape == (1, 4, 16, 16)
     eps = (x - a.sqrt() * x0) / (1 - a).sqrt()  # x̂_0 and x_t imply the ε̂ the UNet gave
     assert torch.isfinite(eps).all() and out.shape == (1, 3, 32, 32)
+
+
+# --- the command line: every new input checked before any model loads ----------------------------------------------
+
+SCENE_PROMPT = "a large dog face in the center on a blue background"
+
+
+@pytest.fixture
+def files(tmp_path):
+    from PIL import Image
+
+    from sdlesson.scenes import make_scenes
+
+    scene = make_scenes(1, seed=0)[0][0].permute(1, 2, 0).numpy()  # (64, 64, 3) uint8
+    Image.fromarray(scene).resize((256, 256), Image.NEAREST).save(tmp_path / "zoomed.png")  # as `generate` writes
+    Image.fromarray(scene).save(tmp_path / "scene.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    Image.new("L", (32, 32), 255).save(tmp_path / "small_mask.png")
+    Image.new("RGB", (100, 50)).save(tmp_path / "wide.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    return tmp_path
+
+
+CLI_CASES = [  # (arguments after the prompt, with {d} the folder of `files`; message fragment)
+    (["--strength", "0.5"], "--strength applies to img2img and inpainting: give --init-image PATH too"),
+    (["--mask", "{d}/mask.png"], "--mask applies to img2img and inpainting"),
+    (["--init-image", "{d}/scene.png", "--strength", "0"], "--strength must be in (0, 1]"),
+    (["--init-image", "{d}/scene.png", "--strength", "1.5"], "--strength must be in (0, 1]"),
+    (["--init-image", "{d}/scene.png", "--strength", "nan"], "--strength must be in (0, 1]"),
+    (["--init-image", "{d}/scene.png", "--strength", "0.01"], "leaves no step to run"),
+    (["--init-image", "{d}/missing.png"], "--init-image: cannot read"),
+    (["--init-image", "{d}/notes.png"], "--init-image: cannot read"),
+    (["--init-image", "{d}/scene.png", "--mask", "{d}/notes.png"], "--mask: cannot read"),
+    (["--init-image", "{d}/scene.png", "--mask", "{d}/small_mask.png"],
+     "--mask is 32×32 but --init-image is 64×64: they must be the same size"),
+    (["--init-image", "{d}/wide.png"], "--init-image is 100×50, another shape than the 64×64 output"),
+    (["--sampler", "lms"], "invalid choice: 'lms'"),
+    (["--karras"], "--karras does not apply to --sampler ddim"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", CLI_CASES, ids=[c[1][:40] for c in CLI_CASES])
+def test_generate_command_checks_img2img_arguments_before_loading_models(files, args, fragment, capsys, monkeypatch):
+    from sdlesson.cli import main
+
+    monkeypatch.setattr(TextToImage, "from_pretrained", lambda **kw: pytest.fail("models loaded despite bad arguments"))
+    with pytest.raises(SystemExit) as info:
+        main(["generate", SCENE_PROMPT, *(a.format(d=files) for a in args), "--out", str(files / "out.png")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert fragment in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_generate_command_inpaints_a_zoomed_png(files, monkeypatch, capsys):
+    """A PNG the command wrote at --zoom 4 comes back pixel for pixel (area averaging), and the mask reaches the
+    pipeline binarised, white = repaint."""
+    from PIL import Image
+
+    from sdlesson.cli import main
+    from sdlesson.scenes import make_scenes
+
+    got = {}
+
+    class Recorder:
+        def __call__(self, prompt, **kw):
+            got.update(kw)
+            return torch.zeros(kw["num_images"], 3, 64, 64, dtype=torch.uint8)
+
+    monkeypatch.setattr(TextToImage, "from_pretrained", classmethod(lambda cls, **kw: Recorder()))
+    zoomed_mask = Image.open(files / "mask.png").resize((256, 256), Image.NEAREST)
+    zoomed_mask.save(files / "zoomed_mask.png")  # the mask must have the init image's size
+    main(["generate", SCENE_PROMPT, "--init-image", str(files / "zoomed.png"), "--mask", str(files / "zoomed_mask.png"),
+          "--strength", "0.75", "-n", "2", "--sampler", "ddpm", "--out", str(files / "out.png")])
+    assert torch.equal(got["init_image"], make_scenes(1, seed=0)[0])  # (1, 3, 64, 64) uint8, the scene itself
+    assert got["mask"].shape == (1, 1, 64, 64) and set(got["mask"].unique().tolist()) == {0, 255}
+    assert got["mask"][0, 0, 16:48, 16:48].eq(255).all() and got["mask"].eq(255).sum() == 32 * 32
+    assert got["strength"] == 0.75 and type(got["sampler"]).__name__ == "DDPMSampler" and "height" not in got
+    assert Image.open(files / "out.png").size == (4 * (2 * 64 + 3), 4 * 66)
+    assert "wrote" in capsys.readouterr().out
