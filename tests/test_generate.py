@@ -238,3 +238,22 @@ def test_a_sampler_object_is_used_as_given(tiny_pipe):
     a = tiny_pipe(PROMPT, num_images=1, num_steps=3, sampler=ddpm, seed=4)
     assert torch.equal(a, tiny_pipe(PROMPT, num_images=1, num_steps=3, sampler="ddpm", seed=4))
     assert not torch.equal(a, tiny_pipe(PROMPT, num_images=1, num_steps=3, sampler="ddim", seed=4))
+
+
+def test_lesson_measurements_of_img2img_and_inpainting(tiny_pipe):
+    """evaluate's two measurements run on any scene pipeline; a mask that repaints nothing keeps the VAE's round trip
+    of the init image exactly (the final blend puts the init latents back)."""
+    from sdlesson.evaluate import ATTRIBUTES, img2img_survival, inpainting_check
+    from sdlesson.scenes import Scene
+
+    init, prompt = Scene("cat face", "blue", "center", "large"), Scene("dog face", "blue", "center", "large")
+    rows = img2img_survival(tiny_pipe, init, prompt, strengths=(0.5, 1.0), num_images=2, num_steps=4)
+    assert [r["strength"] for r in rows] == [0.5, 1.0]
+    assert all(0 <= r[k][a][0] <= 1 for r in rows for k in ("prompt", "init") for a in ATTRIBUTES)
+    nothing = torch.zeros(1, 1, 64, 64, dtype=torch.uint8)
+    report = inpainting_check(tiny_pipe, init, prompt, nothing, num_images=2, num_steps=3, strength=0.5)
+    assert report["kept max change vs round trip"] == 0
+    box = nothing.clone()
+    box[..., 16:48, 16:48] = 255
+    report = inpainting_check(tiny_pipe, init, prompt, box, num_images=2, num_steps=3)
+    assert report["kept max change vs round trip"] > 0  # the decoder's GroupNorm and attention see the whole latent
