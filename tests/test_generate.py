@@ -257,3 +257,14 @@ def test_lesson_measurements_of_img2img_and_inpainting(tiny_pipe):
     box[..., 16:48, 16:48] = 255
     report = inpainting_check(tiny_pipe, init, prompt, box, num_images=2, num_steps=3)
     assert report["kept max change vs round trip"] > 0  # the decoder's GroupNorm and attention see the whole latent
+
+
+def test_masks_are_binarised_as_diffusers_does():
+    """White = repaint: m / 255 ≥ 0.5 for uint8 (128 and up), m ≥ 0.5 for floats, True for bools."""
+    from sdlesson.checks import check_mask
+
+    u = torch.tensor([0, 127, 128, 255], dtype=torch.uint8).reshape(1, 1, 2, 2)
+    assert check_mask("mask", u, size=(2, 2)).flatten().tolist() == [0, 0, 1, 1]
+    x = torch.tensor([0.0, 0.49, 0.5, 1.0]).reshape(1, 1, 2, 2)
+    assert check_mask("mask", x, size=(2, 2)).flatten().tolist() == [0, 0, 1, 1]
+    assert check_mask("mask", x > 0.4, size=(2, 2)).flatten().tolist() == [0, 1, 1, 1]
