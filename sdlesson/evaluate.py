@@ -331,14 +331,15 @@ def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int 
     out = pipe(prompt.caption, num_images=num_images, init_image=image, mask=mask, strength=strength,
                num_steps=num_steps, seed=seed)
     # the latents the pipeline keeps: the posterior draw of the same seed (its first use of the generator)
-    round_trip = pipe.decode(pipe.encode_image(image, generator=torch.Generator().manual_seed(seed)))
+    z0 = pipe.encode_image(image, generator=torch.Generator().manual_seed(seed))
+    round_trip = pipe.decode(z0.expand(len(out), -1, -1, -1))  # decoded as a batch of N, as the pipeline decodes
     f = pipe.vae.config.downsample_factor
     cells = F.interpolate(check_mask("mask", mask, size=tuple(image.shape[2:])), size=(image.shape[2] // f,
                           image.shape[3] // f), mode="nearest")  # (1, 1, 8, 8): the repainted latent cells, as the pipe
     kept = F.interpolate(cells, scale_factor=f)[0, 0] == 0  # (64, 64) pixels of kept cells
     far = F.interpolate(F.max_pool2d(cells, 3, stride=1, padding=1), scale_factor=f)[0, 0] == 0  # ≥ 1 cell away
     change = (out.int() - round_trip.int()).abs().amax(1)  # (N, 64, 64), the largest over RGB
-    vae_change = (round_trip.int() - image.int()).abs().amax(1)[0]
+    vae_change = (round_trip[0].int() - image[0].int()).abs().amax(0)
     labels = judge_scenes(judge, out)[0]
     return {"kept max change vs round trip": int(change[:, kept].max()),
             "kept max change vs round trip, ≥ 1 cell from the mask": int(change[:, far].max()) if far.any() else None,

@@ -12,6 +12,19 @@ What happens inside, in the lecture's order — the same code for both, only the
        extrapolates: ε̂ = ε̂_uncond + s · (ε̂_cond − ε̂_uncond);
     4. the sampler subtracts it, and 3-4 repeat for every timestep;
     5. the VAE's decoder turns the final latent (divided by the latent scale) into the image.
+
+The same loop starts from an image (the lecture's forward diffusion, then reverse diffusion from there):
+    images = pipe(prompt, init_image=scene, strength=0.6)            # img2img (SDEdit)
+    images = pipe(prompt, init_image=scene, mask=mask)                # inpainting: mask white = repaint
+    2a. the init image is encoded: a draw from the VAE's posterior (σ ≈ 0.003 of |μ| ≈ 4 for the course's VAE),
+        times the latent scale — z0;
+    2b. strength picks where the chain starts, as diffusers: of num_steps steps the last int(num_steps · strength)
+        run, from x = √ᾱ_t z0 + √(1-ᾱ_t) ε at the first of them (img2img at strength 1 still starts there:
+        √ᾱ_999 ≈ 0.07 of the image survives; inpainting at strength 1 starts from pure noise, as diffusers' does);
+    4a. inpainting: after every step the kept region (mask 0 on the latent grid: nearest neighbour, as diffusers)
+        is replaced by z0 noised to the level x has reached, with the same ε; after the last, by z0 itself.
+The generator is drawn in diffusers' order — posterior sample, ε, then any step noise — so a seed gives diffusers'
+StableDiffusionImg2ImgPipeline's and (DDIM) StableDiffusionInpaintPipeline's images (tests/test_img2img.py).
 """
 
 from __future__ import annotations
