@@ -77,7 +77,7 @@ def test_intermediate_images_are_decoded(tiny_pipe):
     (dict(num_images=0), "num_images must be an int >= 1"),
     (dict(guidance_scale=-1.0), "guidance_scale must be >= 0"),
     (dict(num_steps=0), "num_steps must be an int from 1"),
-    (dict(sampler="euler"), "unknown sampler 'euler'"),
+    (dict(sampler="lms"), "unknown sampler 'lms'"),
 ])
 def test_bad_arguments_are_clear_errors(tiny_pipe, kwargs, error):
     with pytest.raises(ValueError, match=error):
