@@ -149,3 +149,38 @@ def check_unet_inputs(cfg, x, t, *, class_labels=None, context=None, context_mas
                          f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
                          f"got {context_mask.dtype} {tuple(context_mask.shape)}")
     return t
+
+
+def check_images(name: str, x, *, channels: int = 3) -> torch.Tensor:
+    """Images (B, C, H, W): uint8 (0 … 255) or float in [-1, 1]; returned as float in [-1, 1] (reads values)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of images (B, {channels}, H, W), got {type(x).__name__}"
+                        + (" (a PIL image: torch.from_numpy(np.array(im)).permute(2, 0, 1)[None])"
+                           if type(x).__module__.startswith("PIL") else ""))
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must be images of shape (B, {channels}, H, W), got {describe(x)}"
+                         + (" (one image: add the batch dimension, x[None])" if x.dim() == 3 else ""))
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1  # 0 … 255 -> [-1, 1]
+    check_float_tensor(name, x)
+    return check_pixel_range(name, x)
+
+
+def check_mask(name: str, mask, *, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (B, 1, H, W) of the image's size: bool, uint8 (0 … 255) or float in [0, 1]. Returned as float 0 or 1,
+    binarised at half the range as diffusers' mask processor does (≥ 0.5 -> 1): 1 = repaint, 0 = keep."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, 1, H, W), got {type(mask).__name__}")
+    if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[2:]) != tuple(size):
+        raise ValueError(f"{name} must have the shape (B, 1, {size[0]}, {size[1]}) (one channel, the image's size), "
+                         f"got {describe(mask)}")
+    if mask.dtype == torch.bool:
+        return mask.float()
+    if mask.dtype == torch.uint8:
+        return (mask >= 128).float()  # m / 255 ≥ 0.5
+    check_float_tensor(name, mask)
+    if mask.numel():
+        lo, hi = (float(v) for v in torch.aminmax(mask))
+        if not (0 <= lo and hi <= 1):  # (NaN fails both)
+            raise ValueError(f"{name} must hold values in [0, 1] (1 = repaint), got values from {lo:g} to {hi:g}")
+    return (mask >= 0.5).float()

@@ -100,6 +100,78 @@ def prompt_adherence(pipe, scenes_: list, *, guidance_scale: float, num_steps: i
     return judge_scenes(judge, images)[0] == torch.tensor([s.labels for s in scenes_])
 
 
+# --- img2img and inpainting on the course's model (lesson 08): what survives of the init image, what the prompt adds
+
+def _share(hits: torch.Tensor) -> tuple[float, float]:
+    """A proportion and its standard error √(p(1-p)/n)."""
+    p = hits.float().mean().item()
+    return p, (p * (1 - p) / len(hits)) ** 0.5
+
+
+@torch.no_grad()
+def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0), num_images: int = 32,
+                     num_steps: int = 25, seed: int = 0, judge=None) -> list[dict]:
+    """img2img of one rendered scene `init` (a scenes.Scene) under the caption of `prompt` (a Scene that differs in
+    an attribute or more), at each strength: PSNR and SSIM of the images to the init image (mean, standard error),
+    and per attribute the share the judge reads as the prompt's and as the init's ((share, standard error) each)."""
+    from .metrics import psnr, ssim
+    from .scenes import render
+
+    judge = judge or load_pretrained("scene_judge", device=pipe.device)
+    image = torch.from_numpy(render(init)).permute(2, 0, 1)[None]  # (1, 3, 64, 64) uint8, no jitter
+    rows = []
+    for strength in strengths:
+        out = pipe(prompt.caption, num_images=num_images, init_image=image, strength=strength, num_steps=num_steps,
+                   seed=seed)
+        x, ref = out.float() / 127.5 - 1, (image.float() / 127.5 - 1).expand(len(out), -1, -1, -1)
+        p, s = psnr(x, ref), ssim(x, ref)
+        labels = judge_scenes(judge, out)[0]
+        rows.append({"strength": strength, "psnr": (p.mean().item(), p.std().item() / len(p) ** 0.5),
+                     "ssim": (s.mean().item(), s.std().item() / len(s) ** 0.5),
+                     "prompt": {a: _share(labels[:, k] == prompt.labels[k]) for k, a in enumerate(ATTRIBUTES)},
+                     "init": {a: _share(labels[:, k] == init.labels[k]) for k, a in enumerate(ATTRIBUTES)}})
+    return rows
+
+
+@torch.no_grad()
+def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int = 32, num_steps: int = 25,
+                     strength: float = 1.0, seed: int = 0, judge=None) -> dict:
+    """Inpaint the rendered scene `init` where `mask` (1, 1, 64, 64) is white, under `prompt`'s caption (Scenes).
+
+    kept: the largest change, in 0…255 pixel steps, outside the repainted latent cells — against the VAE's round trip
+    of the init image (the latents the pipeline keeps, decoded: what "unchanged" can mean after a VAE), over all of
+    the kept region and over the part at least one latent cell from the repainted cells (the decoder's reach blurs
+    the border); and the round trip's own change to the init image there, for scale. judge: per attribute, the
+    share of images the judge reads as the prompt's (share, standard error); "init object" the share still showing
+    the init's object."""
+    import torch.nn.functional as F
+
+    from .checks import check_mask
+    from .scenes import render
+
+    judge = judge or load_pretrained("scene_judge", device=pipe.device)
+    image = torch.from_numpy(render(init)).permute(2, 0, 1)[None]  # (1, 3, 64, 64) uint8
+    out = pipe(prompt.caption, num_images=num_images, init_image=image, mask=mask, strength=strength,
+               num_steps=num_steps, seed=seed)
+    # the latents the pipeline keeps: the posterior draw of the same seed (its first use of the generator)
+    z0 = pipe.encode_image(image, generator=torch.Generator().manual_seed(seed))
+    round_trip = pipe.decode(z0.expand(len(out), -1, -1, -1))  # decoded as a batch of N, as the pipeline decodes
+    f = pipe.vae.config.downsample_factor
+    cells = F.interpolate(check_mask("mask", mask, size=tuple(image.shape[2:])), size=(image.shape[2] // f,
+                          image.shape[3] // f), mode="nearest")  # (1, 1, 8, 8): the repainted latent cells, as the pipe
+    kept = F.interpolate(cells, scale_factor=f)[0, 0] == 0  # (64, 64) pixels of kept cells
+    far = F.interpolate(F.max_pool2d(cells, 3, stride=1, padding=1), scale_factor=f)[0, 0] == 0  # ≥ 1 cell away
+    change = (out.int() - round_trip.int()).abs().amax(1)  # (N, 64, 64), the largest over RGB
+    vae_change = (round_trip[0].int() - image[0].int()).abs().amax(0)
+    labels = judge_scenes(judge, out)[0]
+    return {"kept max change vs round trip": int(change[:, kept].max()),
+            "kept max change vs round trip, ≥ 1 cell from the mask": int(change[:, far].max()) if far.any() else None,
+            "round trip's own max change to the init, kept / far": (int(vae_change[kept].max()),
+                                                                   int(vae_change[far].max()) if far.any() else None),
+            "judge": {a: _share(labels[:, k] == prompt.labels[k]) for k, a in enumerate(ATTRIBUTES)},
+            "init object": _share(labels[:, 0] == init.labels[0]), "num_images": num_images}
+
+
 def __getattr__(name: str):
     if name.startswith("evaluate_"):  # the reports, importable from here as before they moved
         from . import reports  # here, not at the top: reports imports this module

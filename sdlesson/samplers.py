@@ -87,6 +87,11 @@ class Sampler:
         x0 = (x - (1 - a_bar) ** 0.5 * eps) / a_bar**0.5
         return x0.clamp(-self.clip_sample, self.clip_sample) if self.clip_sample is not None else x0
 
+    # Minimal, for img2img and inpainting (branch knobs); the samplers redesign's add_noise replaces it at merge.
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """x_t = √ᾱ_t x_0 + √(1 - ᾱ_t) ε at one of this sampler's timesteps: where img2img's chain starts."""
+        return self.schedule.add_noise(x0, noise, torch.tensor([int(t)]))
+
     def step(self, model_output, t, x, *, generator=None):  # pragma: no cover - overridden
         raise NotImplementedError
 
