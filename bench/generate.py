@@ -60,7 +60,8 @@ def sd_snapshot(root: Path, tiny: bool) -> Path:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from sd_snapshot import TEXT, UNET, VAE
         unet, vae, text = UNet2DConditionModel(**UNET), AutoencoderKL(**VAE), CLIPTextModel(CLIPTextConfig(**TEXT))
-    else:  # SD v1.5's configs (diffusers' UNet defaults are SD v1's, cross-attending to CLIP ViT-L/14's 768 wide tokens)
+    else:  # SD v1.5's configs (diffusers' UNet defaults are SD v1's, cross-attending to CLIP ViT-L/14's
+        # 768 wide tokens)
         unet = UNet2DConditionModel(cross_attention_dim=768, sample_size=64)
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
                             sample_size=512, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -97,11 +98,13 @@ def sd_main(args) -> None:
         ours = TextToImage.from_stable_diffusion(root, device=device, dtype=dtype)
         load = dict(torch_dtype=dtype)
         theirs = StableDiffusionPipeline(
-            vae=AutoencoderKL.from_pretrained(root / "vae", **load), unet=UNet2DConditionModel.from_pretrained(root / "unet", **load),
+            vae=AutoencoderKL.from_pretrained(root / "vae", **load),
+            unet=UNet2DConditionModel.from_pretrained(root / "unet", **load),
             text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", **load),
             tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77),
-            scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                                    set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading"),
+            scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                                    timestep_spacing="leading"),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False).to(device)
         theirs.set_progress_bar_config(disable=True)
     f = 2 ** (len(theirs.vae.config.block_out_channels) - 1)

@@ -80,8 +80,9 @@ def measure(kind: str, base, channels, size, device, *, batch, repeats, warmup) 
     timer = time_forward if kind == "forward" else time_train_step
     seconds = []
     kw = text_context(base, batch, device)
-    peak = peak_memory(lambda: seconds.append(timer(model, x, t, repeats=repeats, warmup=warmup, **kw)), device=device)
-    del model, x, t
+    peak = peak_memory(lambda: seconds.append(timer(model, x, t, repeats=repeats, warmup=warmup, **kw)),
+                       device=device)
+    model = x = t = None  # freed before the cache is emptied (the lambda holds them, so `del` cannot)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return seconds[0], peak

@@ -57,7 +57,8 @@ def main():
     x = torch.randn(2, 4, latent, latent, generator=g).to(args.device, dtype)
     ctx = torch.randn(2, 77, 768, generator=g).to(args.device, dtype)
     t = torch.tensor([500, 500], device=args.device)
-    steps = {"sdlesson": lambda: ours(x, t, context=ctx), "diffusers": lambda: ref(x, t, encoder_hidden_states=ctx).sample}
+    steps = {"sdlesson": lambda: ours(x, t, context=ctx),
+             "diffusers": lambda: ref(x, t, encoder_hidden_states=ctx).sample}
 
     def run(name):
         if cuda:

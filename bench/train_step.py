@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find the sdlesson package
 from sdlesson.cost import device_name, synchronize  # noqa: E402
-from sdlesson.pretrained import SILHOUETTE_UNET  # noqa: E402
+from sdlesson.recipes import SILHOUETTE_UNET  # noqa: E402
 from sdlesson.train import pick_device  # noqa: E402
 from sdlesson.unet import UNet, UNetConfig, count_parameters  # noqa: E402
 

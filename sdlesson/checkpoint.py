@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors files (tensors only, so loading one runs no code) with the model's config beside the weights.
+"""Checkpoints: safetensors files (tensors only, so loading one runs no code) with the model's config beside the
+weights.
 
 A checkpoint is one file. Its metadata holds `kind` (which model class), `config` (the dataclass as JSON) and
 anything else the writer adds as JSON (training state such as the step and loss history). Writes are atomic:
@@ -101,12 +102,14 @@ def save_model(path, model: torch.nn.Module, *, dtype: torch.dtype | None = None
 
     dtype=torch.float16 stores floating-point weights at half the size; loading casts them back to the model's dtype.
     """
-    tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
+               for k, v in model.state_dict().items()}
     return save_checkpoint(path, tensors, kind=kind_of(model), config=model.config.to_dict(), **meta)
 
 
 def load_model(path, *, kind: str | None = None, weights: str = "ema", device="cpu") -> torch.nn.Module:
-    """Rebuild a model from a checkpoint. `weights="ema"` takes the EMA weights of a training checkpoint if it has them."""
+    """Rebuild a model from a checkpoint. `weights="ema"` takes the EMA weights of a training checkpoint if it has
+    them."""
     meta = read_metadata(path)
     if kind is not None:
         check_kind(meta, kind, path)
@@ -127,7 +130,8 @@ def load_weights(model: torch.nn.Module, path, *, weights: str = "ema") -> torch
     expected = json.loads(json.dumps(model.config.to_dict()))  # tuples -> lists, as stored
     saved = json.loads(json.dumps(config_cls(**meta["config"]).to_dict()))  # fields added since: their defaults
     if saved != expected:
-        diff = {k: (expected.get(k), saved.get(k)) for k in set(expected) | set(saved) if expected.get(k) != saved.get(k)}
+        diff = {k: (expected.get(k), saved.get(k)) for k in set(expected) | set(saved)
+                if expected.get(k) != saved.get(k)}
         raise ValueError(f"{path} was saved from a model with a different config; (model, checkpoint) differ in {diff}")
     tensors = load_tensors(path)
     # A training checkpoint holds model.*, ema.* and optim.*; a plain one holds the weights alone.

@@ -19,7 +19,9 @@ def describe(value) -> str:
     """A short description of what came: a tensor's shape and dtype, else the value itself."""
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return repr(value) if not isinstance(value, (list, tuple)) or len(value) < 8 else f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, (list, tuple)) and len(value) >= 8:
+        return f"a {type(value).__name__} of {len(value)}"
+    return repr(value)
 
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
@@ -66,8 +68,8 @@ def check_float_tensor(name: str, x, *, dims: int | None = None) -> torch.Tensor
     if dims is not None and x.dim() != dims:
         raise ValueError(f"{name} must have {dims} dimensions, got {describe(x)}")
     if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got {describe(x)}"
-                        + (" (uint8 images: sdlesson.data.to_float maps 0…255 to [-1, 1])" if x.dtype == torch.uint8 else ""))
+        hint = " (uint8 images: sdlesson.data.to_float maps 0…255 to [-1, 1])" if x.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be a floating-point tensor, got {describe(x)}{hint}")
     return x
 
 
@@ -104,3 +106,81 @@ def check_device(device) -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError(f"device {device!r} was asked for, but MPS is not available on this machine; use 'cpu'")
     return dev
+
+
+def check_unet_inputs(cfg, x, t, *, class_labels=None, context=None, context_mask=None) -> torch.Tensor:
+    """A UNet's inputs against its config (a UNetConfig): images (B, in_channels, H, W) with H and W divisible by
+    2^(levels-1), one timestep per image (a scalar is broadcast), and the conditioning the model was built for.
+    Returns t as a (B,) tensor on x's device."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected floating-point images, got dtype {x.dtype} (uint8 images: "
+                        "sdlesson.data.to_float maps 0…255 to [-1, 1])")
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(
+            f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
+        )
+    factor = 2 ** (len(cfg.block_channels) - 1)
+    if x.shape[2] % factor or x.shape[3] % factor:
+        raise ValueError(f"height and width must be multiples of {factor}, got {tuple(x.shape[2:])}")
+    t = torch.as_tensor(t, device=x.device)
+    if t.dim() == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"expected one timestep per image, shape ({x.shape[0]},), got {tuple(t.shape)}")
+    if class_labels is not None and not cfg.num_classes:
+        raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
+    if context is not None and cfg.context_dim is None:
+        raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
+    if context is None and cfg.context_dim is not None:
+        raise ValueError(f"this UNet is text-conditioned (context_dim={cfg.context_dim}): pass context=(B, L, "
+                         f"{cfg.context_dim}) token embeddings; for an unconditional prediction, pass the empty "
+                         "prompt's embeddings, as classifier-free guidance does")
+    if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
+        raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
+    if context is not None and context.shape[0] != x.shape[0]:
+        raise ValueError(f"context must have one row per image: batch {x.shape[0]}, got context of shape "
+                         f"{tuple(context.shape)}")
+    if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])
+                                     or context_mask.dtype != torch.bool):
+        raise ValueError(f"context_mask must be a bool tensor of shape (B, L) = "
+                         f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
+                         f"got {context_mask.dtype} {tuple(context_mask.shape)}")
+    return t
+
+
+def check_images(name: str, x, *, channels: int = 3) -> torch.Tensor:
+    """Images (B, C, H, W): uint8 (0 … 255) or float in [-1, 1]; returned as float in [-1, 1] (reads values)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of images (B, {channels}, H, W), got {type(x).__name__}"
+                        + (" (a PIL image: torch.from_numpy(np.array(im)).permute(2, 0, 1)[None])"
+                           if type(x).__module__.startswith("PIL") else ""))
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"{name} must be images of shape (B, {channels}, H, W), got {describe(x)}"
+                         + (" (one image: add the batch dimension, x[None])" if x.dim() == 3 else ""))
+    if x.dtype == torch.uint8:
+        return x.float() / 127.5 - 1  # 0 … 255 -> [-1, 1]
+    check_float_tensor(name, x)
+    return check_pixel_range(name, x)
+
+
+def check_mask(name: str, mask, *, size: tuple[int, int]) -> torch.Tensor:
+    """A mask (B, 1, H, W) of the image's size: bool, uint8 (0 … 255) or float in [0, 1]. Returned as float 0 or 1,
+    binarised at half the range as diffusers' mask processor does (≥ 0.5 -> 1): 1 = repaint, 0 = keep."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (B, 1, H, W), got {type(mask).__name__}")
+    if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[2:]) != tuple(size):
+        raise ValueError(f"{name} must have the shape (B, 1, {size[0]}, {size[1]}) (one channel, the image's size), "
+                         f"got {describe(mask)}")
+    if mask.dtype == torch.bool:
+        return mask.float()
+    if mask.dtype == torch.uint8:
+        return (mask >= 128).float()  # m / 255 ≥ 0.5
+    check_float_tensor(name, mask)
+    if mask.numel():
+        lo, hi = (float(v) for v in torch.aminmax(mask))
+        if not (0 <= lo and hi <= 1):  # (NaN fails both)
+            raise ValueError(f"{name} must hold values in [0, 1] (1 = repaint), got values from {lo:g} to {hi:g}")
+    return (mask >= 0.5).float()

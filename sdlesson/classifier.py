@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batches import batched
 from .data import to_float
 
 
@@ -75,18 +76,11 @@ def classification_loss(model, batch, generator=None) -> torch.Tensor:
     return sum(F.cross_entropy(lg, y[:, i]) for i, lg in enumerate(logits)) / len(logits)
 
 
-@torch.no_grad()
 def predict(model, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
     """Class probabilities (N, num_classes) for a single-head classifier, in batches."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(to_float(x[i:i + batch_size].to(device))).softmax(-1).cpu()
-                      for i in range(0, len(x), batch_size)])
+    return batched(model, lambda chunk: model(to_float(chunk)).softmax(-1), x, batch_size=batch_size)
 
 
-@torch.no_grad()
 def extract_features(model, x: torch.Tensor, *, batch_size: int = 500) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model.features(to_float(x[i:i + batch_size].to(device))).cpu()
-                      for i in range(0, len(x), batch_size)])
+    """The features (N, feature_dim) the classifier's head reads: what Fréchet distances compare."""
+    return batched(model, lambda chunk: model.features(to_float(chunk)), x, batch_size=batch_size)

@@ -1,10 +1,12 @@
 """`python -m sdlesson ...`: train the course's checkpoints, and evaluate them.
 
     python -m sdlesson train silhouette_classifier
-    python -m sdlesson train silhouette_unet --steps 4000 --precision bf16 --out runs/
+    python -m sdlesson train silhouette_unet --steps 4000 --out runs/    # precision: what is fast here (auto)
     torchrun --standalone --nproc_per_node=2 -m sdlesson train silhouette_unet
     python -m sdlesson evaluate silhouette_unet --num-steps 50
     python -m sdlesson generate "a large cat face in the center on a blue background" --seed 1 --out cat.png
+    python -m sdlesson generate "a large cat face in the center on a pink background" --init-image cat.png --strength .6
+    python -m sdlesson generate "a large dog face in the center on a blue background" --init-image cat.png --mask m.png
 
 `train` makes a model from its recipe (sdlesson/recipes.py), keeps its full state (weights, EMA, optimizer, loss
 history) in runs/NAME.train.safetensors and resumes from it when run again; when done it writes the EMA weights
@@ -29,7 +31,9 @@ from . import checkpoint as ckpt
 from . import pretrained as pre
 from . import recipes
 from .cost import device_name
-from .train import Trainer, pick_device
+from .devices import pick_device
+from .samplers import SAMPLERS
+from .train import Trainer
 from .unet import count_parameters
 
 
@@ -81,7 +85,9 @@ def train(args) -> None:
         trainer = Trainer(model, recipe.loss, data, config, device=device,
                           checkpoint_path=runs / f"{args.name}.train.safetensors")
         if trainer.rank == 0:
+            precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[trainer.amp_dtype]
             print(f"{args.name}: {count_parameters(model):,} parameters, {config.steps} steps on {trainer.device}"
+                  + f" in {precision}" + (f" ({config.precision})" if config.precision == "auto" else "")
                   + (f" × {trainer.world_size} processes" if trainer.world_size > 1 else "")
                   + (f", resuming at step {trainer.step}" if trainer.step else ""), flush=True)
         trainer.fit()
@@ -110,7 +116,8 @@ EVALUATE_FLAGS = {"--num-samples": "num_samples", "--num-steps": "num_steps", "-
 
 
 def evaluate(args) -> None:
-    from . import evaluate as ev
+    """Every option checked before any model loads or any data is made: a mistake costs no time."""
+    from . import reports  # here: the instruments' imports cost a second, which train and generate need not pay
 
     recipes.get(args.name)  # ValueError for an unknown name
     takes = EVALUATE_OPTIONS.get(args.name, {})
@@ -121,15 +128,56 @@ def evaluate(args) -> None:
         raise ValueError(f"evaluate {args.name} does not use {', '.join(refused)} (it takes {accepted})")
     options = {key: getattr(args, EVALUATE_FLAGS[flag]) for key, flag in takes.items()
                if getattr(args, EVALUATE_FLAGS[flag]) is not None}
-    report = getattr(ev, f"evaluate_{args.name}")(device=pick_device(args.device), **options)
+    reports.check_options(**options)
+    device = pick_device(args.device)
+    report = getattr(reports, f"evaluate_{args.name}")(device=device, **options)
     for key, value in report.items():
         print(f"{key:>36}: {value}")
+
+
+def read_image(path: str, flag: str, parser, *, mode: str):
+    """A file Pillow can read, fully loaded (a truncated file fails here, not later), in RGB or L (grey) mode."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        parser.error(f"{flag}: cannot read {path!r} as an image ({type(e).__name__}: {e})")
+
+
+def init_image_and_mask(args, parser, size: tuple[int, int]):
+    """--init-image and --mask as uint8 tensors (1, C, H, W) of the output's size, or None.
+
+    Sizes: the mask must have the init image's size (a mask drawn for another picture is a mistake); the two are
+    resized to the output size when their aspect ratio is the same (within 1%) and refused otherwise, as cropping
+    is the learner's choice to make. The image is resized by area averaging (a PNG this command wrote with --zoom
+    comes back pixel for pixel), the mask by nearest neighbour, then binarised: white (≥ 128) = repaint.
+    """
+    import numpy as np
+    from PIL import Image
+
+    if args.init_image is None:
+        return None, None
+    height, width = size
+    image = read_image(args.init_image, "--init-image", parser, mode="RGB")
+    mask = read_image(args.mask, "--mask", parser, mode="L") if args.mask else None
+    if mask is not None and mask.size != image.size:
+        parser.error(f"--mask is {mask.width}×{mask.height} but --init-image is {image.width}×{image.height}: "
+                     "they must be the same size (white = repaint)")
+    if abs(image.width / image.height - width / height) > 0.01 * width / height:
+        parser.error(f"--init-image is {image.width}×{image.height}, another shape than the {width}×{height} output: "
+                     "crop it to that aspect ratio first" + (" (or pass --height/--width)" if args.model else ""))
+    as_tensor = lambda im: torch.from_numpy(np.array(im)).reshape(im.height, im.width, -1).permute(2, 0, 1)[None]  # noqa: E731
+    image = as_tensor(image.resize((width, height), Image.BOX))  # (1, 3, H, W) uint8
+    return image, None if mask is None else as_tensor(mask.resize((width, height), Image.NEAREST))  # (1, 1, H, W)
 
 
 def generate(args, parser) -> None:
     """Check every argument before loading a model, so a mistake costs no time and says what was expected."""
     from .checks import check_device
-    from .generate import DEFAULT_GUIDANCE, SD_GUIDANCE, SD_STEPS, TextToImage
+    from .generate import DEFAULT_GUIDANCE, SD_GUIDANCE, SD_SAMPLERS, SD_STEPS, TextToImage, pipeline_sampler
+    from .schedule import NoiseSchedule
     from .viz import image_grid, to_png
 
     if not args.prompt.strip():
@@ -152,11 +200,30 @@ def generate(args, parser) -> None:
         if value is not None and (not sd or value < 64 or value % 64):
             parser.error(f"--{name} applies to --model (Stable Diffusion) and must be a multiple of 64, got {value}"
                          if sd else f"--{name} applies only with --model: the course's models make 64×64 scenes")
+    for flag, value in (("--strength", args.strength), ("--mask", args.mask)):
+        if value is not None and args.init_image is None:
+            parser.error(f"{flag} applies to img2img and inpainting: give --init-image PATH too")
+    if args.strength is not None:
+        if not (math.isfinite(args.strength) and 0 < args.strength <= 1):
+            parser.error(f"--strength must be in (0, 1] (the share of the steps that run), got {args.strength}")
+        if int(num_steps * args.strength) < 1:
+            parser.error(f"--strength {args.strength} × --num-steps {num_steps} leaves no step to run: raise either")
+    try:  # the sampler is built now (cheap), so an unknown name or option fails before any model loads
+        from .stable_diffusion import SD_SCHEDULE
+
+        sampler = pipeline_sampler(args.sampler, NoiseSchedule(SD_SCHEDULE if sd else pre.SCENE_SCHEDULE),
+                                   SD_SAMPLERS if sd else {}, karras=args.karras)
+    except TypeError:
+        parser.error(f"--karras does not apply to --sampler {args.sampler}")
+    except ValueError as e:
+        parser.error(f"--sampler {args.sampler}: {e}")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         parser.error(f"--out must name a .png file, got {args.out!r}")
     if not out.parent.is_dir():
         parser.error(f"--out: folder {str(out.parent)!r} does not exist")
+    size = (args.height or 512, args.width or 512) if sd else (64, 64)
+    init_image, mask = init_image_and_mask(args, parser, size)
     device = check_device(args.device) if args.device else pick_device()
     if sd:
         if not Path(args.model).exists():
@@ -174,8 +241,10 @@ def generate(args, parser) -> None:
             except ValueError as e:
                 parser.error(str(e))
         pipe = TextToImage.from_pretrained(device=device)
+    size = {} if init_image is not None else dict(height=args.height, width=args.width)  # else the init image's
     images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=num_steps,
-                  guidance_scale=guidance, seed=args.seed, sampler=args.sampler, height=args.height, width=args.width)
+                  guidance_scale=guidance, seed=args.seed, sampler=sampler, init_image=init_image, mask=mask,
+                  strength=args.strength, **size)
     grid = image_grid(images, nrow=args.nrow, pad=1 if len(images) > 1 else 0)  # one image: written as it is
     out.write_bytes(to_png(grid, scale=args.zoom if not sd else 1))
     side = f"{images.shape[-2]}×{images.shape[-1]}"
@@ -197,7 +266,9 @@ def main(argv=None) -> None:
     p = sub.add_parser("train", help="train a shipped checkpoint from its recipe (resumes where a run stopped)")
     p.add_argument("name", help=f"one of {names}")
     p.add_argument("--steps", type=int, help="total training steps (default: the recipe's)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), help="default: the recipe's (auto)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="default: the recipe's (auto: bf16 only where this machine computes it natively and faster, "
+                   "else fp32 on a CPU; bf16 or fp16 on CUDA)")
     p.add_argument("--checkpoint-every", type=int, help="steps between saves of the training state (default: the recipe's)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")
@@ -208,7 +279,8 @@ def main(argv=None) -> None:
     p.add_argument("name", help=f"one of {names}")
     p.add_argument("--device")
     p.add_argument("--num-samples", type=int, help="unconditional UNets: how many samples to judge (default: 1000)")
-    p.add_argument("--num-steps", type=int, help="UNets: sampling steps (default: 100 for silhouettes, 50 for latents, 25 for text)")
+    p.add_argument("--num-steps", type=int,
+                   help="UNets: sampling steps (default: 100 for silhouettes, 50 for latents, the pipeline's for text)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), help="unconditional UNets (default: ddim)")
     p.add_argument("--guidance", type=float, help="scene_text_unet: the guidance scale (default: the generate default)")
     p.set_defaults(func=evaluate)
@@ -224,7 +296,13 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, help="with --model: image width, a multiple of 64 (default: 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", "--num-images", type=int, default=4, help="(default: 4)")
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default: ddim)")
+    p.add_argument("--karras", action="store_true", help="Karras σ spacing, for the samplers that offer it")
+    p.add_argument("--init-image", help="img2img: start from this image (PNG, JPEG, …), resized to the output size "
+                                        "if its aspect ratio matches")
+    p.add_argument("--strength", type=float, help="with --init-image: how much is redrawn, in (0, 1] "
+                                                  "(default: 0.8; 1 with --mask)")
+    p.add_argument("--mask", help="inpainting: an image of --init-image's size, white = repaint, black = keep")
     p.add_argument("--out", default="generated.png", help="PNG file to write (default: generated.png)")
     p.add_argument("--nrow", type=int, default=8, help="images per row of the PNG")
     p.add_argument("--zoom", type=int, default=4, help="enlarge each pixel this many times (default: 4)")

@@ -33,14 +33,17 @@ import torch
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words (letters), single digits, runs of other symbols; English contractions split off ("cat's" -> "cat", "'s").
-PIECES = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
+PIECES = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|"""
+                       r"""[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""")
 SPECIALS = regex.compile(r"(<\|startoftext\|>|<\|endoftext\|>)")  # typed exactly, they stay special tokens
 
 
 @functools.lru_cache
 def bytes_to_unicode() -> dict[int, str]:
-    """Each of the 256 byte values -> a printable character (printable bytes map to themselves), so BPE works on text."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    """Each of the 256 byte values -> a printable character (printable bytes map to themselves), so BPE works on
+    text."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     chars, extra = dict(zip(printable, map(chr, printable))), 0
     for b in range(256):
         if b not in chars:

@@ -44,6 +44,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .devices import pick_device
 from .unet import UNet, UNetConfig
 
 aten = torch.ops.aten
@@ -208,6 +209,37 @@ def flops_by_op(model: nn.Module, *inputs, **model_kwargs) -> dict[str, int]:
     return {kind: total.get(kind, 0) for kind in OP_KINDS} | {k: v for k, v in total.items() if k not in OP_KINDS}
 
 
+BLOCK_KINDS = ("residual", "attention", "resample", "other")
+
+
+def block_kind(name: str) -> str:
+    """What a UNet parameter's (or module's) name says it belongs to: "residual", "attention", "resample" or
+    "other" (time MLP, class embedding, conv_in, norm_out, conv_out): 'down.1.attn.0.to_q.weight' -> 'attention'."""
+    first = name.split(".")[0]
+    if ".attn." in name or first == "mid_attn":
+        return "attention"
+    if ".res." in name or first.startswith("mid_res"):
+        return "residual"
+    return "resample" if ".resample." in name else "other"
+
+
+def unet_level(name: str, model: nn.Module) -> str:
+    """The level a UNet parameter lives at, as flops_breakdown names the parts: "down.0" …, "mid", "up.0" …;
+    the layers before the first level and after the last are "in/out"."""
+    part = _part_of(name, model)
+    return part if part == "mid" or part.startswith(("down.", "up.")) else "in/out"
+
+
+def parameters_by_level_and_kind(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Parameter counts {level: {block kind: count}}, levels in the order the parameters are defined. Works on the
+    meta device: numel() of a meta tensor is its shape's product, no data needed (SD's UNet costs nothing)."""
+    table: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        row = table.setdefault(unet_level(name, model), dict.fromkeys(BLOCK_KINDS, 0))
+        row[block_kind(name)] += p.numel()
+    return table
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Memory
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,7 +303,8 @@ def activation_memory(model: nn.Module, *inputs, attention_kernel: str = "fused"
     with torch.enable_grad(), _attention_context(attention_kernel, device), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         out = model(*inputs, **model_kwargs)
-    del out, keep_alive
+    del out
+    keep_alive.clear()
     return sum(saved.values())
 
 
@@ -294,8 +327,7 @@ def peak_memory(fn: Callable[[], object], *, device=None) -> int | None:
     no allocator statistic to read: fn() still runs, and None comes back. Use `activation_memory` there, which
     counts the bulk of a training step's memory exactly, on any device.
     """
-    device = torch.device(device) if device is not None else (torch.device("cuda") if torch.cuda.is_available()
-                                                               else torch.device("cpu"))
+    device = pick_device(device)
     if device.type != "cuda":
         fn()
         return None

@@ -34,7 +34,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _silhouette_folder() -> Path:
     spec = importlib.util.find_spec("animal_shape_mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the silhouettes come from the package animal-shape-mnist: pip install animal-shape-mnist")
+        raise ModuleNotFoundError("the silhouettes come from the package animal-shape-mnist: "
+                                  "pip install animal-shape-mnist")
     return Path(list(spec.submodule_search_locations)[0]) / "data" / "Animal Shape"
 
 
@@ -86,7 +87,8 @@ def load_photo(name: str = "chelsea", *, size: int | None = 64) -> torch.Tensor:
     chelsea is a cat (CC0). size=None keeps the full resolution, uncropped.
     """
     if name not in PHOTOS:
-        raise ValueError(f"unknown photo {name!r}: expected one of {PHOTOS} (the others in skimage.data need a download)")
+        raise ValueError(f"unknown photo {name!r}: expected one of {PHOTOS} "
+                         "(the others in skimage.data need a download)")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive int (pixels a side) or None (full resolution), got {size!r}")
     import skimage.data

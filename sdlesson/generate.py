@@ -12,15 +12,32 @@ What happens inside, in the lecture's order — the same code for both, only the
        extrapolates: ε̂ = ε̂_uncond + s · (ε̂_cond − ε̂_uncond);
     4. the sampler subtracts it, and 3-4 repeat for every timestep;
     5. the VAE's decoder turns the final latent (divided by the latent scale) into the image.
+
+The same loop starts from an image (the lecture's forward diffusion, then reverse diffusion from there):
+    images = pipe(prompt, init_image=scene, strength=0.6)            # img2img (SDEdit)
+    images = pipe(prompt, init_image=scene, mask=mask)                # inpainting: mask white = repaint
+    2a. the init image is encoded: a draw from the VAE's posterior (σ ≈ 0.003 of |μ| ≈ 4 for the course's VAE),
+        times the latent scale — z0;
+    2b. strength picks where the chain starts, as diffusers: of num_steps steps the last int(num_steps · strength)
+        run, from x = √ᾱ_t z0 + √(1-ᾱ_t) ε at the first of them (img2img at strength 1 still starts there:
+        √ᾱ_999 ≈ 0.07 of the image survives; inpainting at strength 1 starts from pure noise, as diffusers' does);
+    4a. inpainting: after every step the kept region (mask 0 on the latent grid: nearest neighbour, as diffusers)
+        is replaced by z0 noised to the level x has reached, with the same ε; after the last, by z0 itself.
+The generator is drawn in diffusers' order — posterior sample, ε, then any step noise — so a seed gives diffusers'
+StableDiffusionImg2ImgPipeline's and (DDIM) StableDiffusionInpaintPipeline's images (tests/test_img2img.py).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from . import pretrained as pre
-from .checks import check_device, check_int, check_number, check_seed
-from .samplers import make_sampler, sample
+from .checks import (check_device, check_float_tensor, check_images, check_int, check_mask, check_number, check_seed,
+                     describe)
+from .data import to_float
+from .samplers import Sampler, make_sampler
 from .schedule import NoiseSchedule
 from .text import CLIP, encode_prompts, unconditional
 
@@ -30,6 +47,48 @@ SD_GUIDANCE, SD_STEPS = 7.5, 50  # Stable Diffusion's defaults
 # lands on ᾱ_0 rather than 1 (diffusers' set_alpha_to_one=False); latents are not clamped.
 SD_SAMPLERS = {"ddim": dict(spacing="leading", steps_offset=1, set_alpha_to_one=False),
                "ddpm": dict(spacing="leading", steps_offset=1)}
+
+
+def pipeline_sampler(name: str, schedule: NoiseSchedule, options: dict | None = None, *, karras: bool = False):
+    """make_sampler(name) with a model's own options for it (SD's spacing) and latents never clamped."""
+    if not isinstance(name, str):
+        raise TypeError(f"sampler must be a name or a Sampler, got {describe(name)}")
+    kwargs = dict((options or {}).get(name, {}), clip_sample=None)
+    return make_sampler(name, schedule, **kwargs, **({"karras": True} if karras else {}))
+
+
+def check_init_image(init_image, mask, strength, *, batch: int, factor: int):
+    """img2img's and inpainting's inputs, checked together: (image in [-1, 1] or None, mask 0/1 or None, strength).
+
+    strength defaults to 1 for text to image and inpainting and to 0.8 for img2img (diffusers' defaults)."""
+    if init_image is None:
+        for name, value in (("mask", mask), ("strength", strength)):
+            if value is not None:
+                raise ValueError(f"{name} applies to img2img and inpainting: pass init_image= too")
+        return None, None, 1.0
+    image = check_images("init_image", init_image)
+    if image.shape[0] not in (1, batch):
+        raise ValueError(f"init_image must hold 1 image or one per output image ({batch}), got {describe(init_image)}")
+    if image.shape[2] % factor or image.shape[3] % factor:
+        raise ValueError(f"init_image's height and width must be multiples of {factor} (the VAE's factor), "
+                         f"got {tuple(image.shape[2:])}")
+    if mask is not None:
+        mask = check_mask("mask", mask, size=tuple(image.shape[2:]))
+        if mask.shape[0] not in (1, batch):
+            raise ValueError(f"mask must hold 1 mask or one per output image ({batch}), got {describe(mask)}")
+    default = 0.8 if mask is None else 1.0
+    strength = default if strength is None else check_number("strength", strength, low=0, low_open=True, high=1)
+    return image, mask, strength
+
+
+def check_image_size(image: torch.Tensor, height, width) -> dict:
+    """With an init image the output has its size: height and width, if given, must agree."""
+    size = dict(height=image.shape[2], width=image.shape[3])
+    for name, value in (("height", height), ("width", width)):
+        if value is not None and value != size[name]:
+            raise ValueError(f"{name} = {value} differs from the init image's {size[name]}: the output has the init "
+                             "image's size (leave height and width out, or resize the image)")
+    return size
 
 
 class SceneText:
@@ -76,7 +135,8 @@ class TextToImage:
         """The course's shipped scene models: 64×64 images of the emoji-scene world. The decoder is the fine-tuned
         one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card)."""
         device = check_device(device)
-        return cls(pre.load_pretrained("scene_clip", device=device), pre.load_pretrained("scene_text_unet", device=device),
+        return cls(pre.load_pretrained("scene_clip", device=device),
+                   pre.load_pretrained("scene_text_unet", device=device),
                    pre.load_pretrained("scene_vae_decoder", device=device), latent_scale=pre.scene_latent_scale())
 
     @classmethod
@@ -88,7 +148,8 @@ class TextToImage:
 
         device = check_device(device)
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        sd = weights if isinstance(weights, StableDiffusion) else load_stable_diffusion(weights, device=device, dtype=dtype)
+        sd = (weights if isinstance(weights, StableDiffusion)
+              else load_stable_diffusion(weights, device=device, dtype=dtype))
         return cls(CLIPText(sd.tokenizer, sd.text_encoder), sd.unet, sd.vae, latent_scale=sd.latent_scale,
                    schedule=SD_SCHEDULE, samplers=SD_SAMPLERS, num_steps=SD_STEPS, guidance_scale=SD_GUIDANCE)
 
@@ -106,19 +167,33 @@ class TextToImage:
         """The side of the images the UNet was trained on: its latent side × the VAE's downsampling factor."""
         return self.unet.config.sample_size * self.vae.config.downsample_factor
 
+    def make_sampler(self, name: str, *, karras: bool = False) -> Sampler:
+        """A sampler by name, configured as this model samples (SD's: leading spacing, offset 1, ᾱ_0 at the end)."""
+        return pipeline_sampler(name, self.schedule, self.samplers, karras=karras)
+
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], *, negative_prompt: str | None = None, num_images: int = 4,
                  num_steps: int | None = None, guidance_scale: float | None = None, seed: int | None = 0,
-                 sampler: str = "ddim", height: int | None = None, width: int | None = None,
-                 latents: torch.Tensor | None = None, keep_every: int = 0, progress: bool = False,
-                 output_type: str = "uint8"):
+                 sampler: str | Sampler = "ddim", height: int | None = None, width: int | None = None,
+                 latents: torch.Tensor | None = None, init_image: torch.Tensor | None = None,
+                 strength: float | None = None, mask: torch.Tensor | None = None, callback=None,
+                 keep_every: int = 0, progress: bool = False, output_type: str = "uint8"):
         """Images uint8 (N, 3, H, W) (or float in [0, 1] with output_type="float"); with keep_every > 0 also the
         decoded intermediate images.
 
         prompt: one prompt for num_images images, or a list of prompts for one image each (num_images is then
         ignored); "" samples unconditionally. negative_prompt: what guidance steers away from, in place of "".
         num_steps and guidance_scale default to the model's (the course's: 25 and 3; SD's: 50 and 7.5).
-        height, width: multiples of the VAE's factor (default: the training size). latents: the starting noise.
+        sampler: a name ("ddim", "ddpm", …) or a sampler object built on this model's schedule (pipe.make_sampler).
+        height, width: multiples of the VAE's factor (default: the training size, or the init image's).
+        latents: the noise ε (N, 4, h, w) the chain starts from (text to image) or adds to the init image.
+        callback(i, t, x_t, x̂_0): called before each step with the scaled latents and their clean estimate.
+
+        img2img (SDEdit): init_image (1 or N, 3, H, W), uint8 or float in [-1, 1], is encoded, noised to the level
+        `strength` picks and denoised from there under the prompt; strength in (0, 1] (default 0.8): the share of
+        the num_steps steps that run (diffusers' convention: the last int(num_steps · strength) of them).
+        Inpainting: also a mask (1 or N, 1, H, W), white = repaint (bool, uint8 ≥ 128, or float ≥ 0.5 in [0, 1]);
+        outside it the latents follow the init image's own noised path at every step (default strength 1).
         """
         prompts = [prompt] * check_int("num_images", num_images, low=1) if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -127,27 +202,87 @@ class TextToImage:
             raise TypeError(f"negative_prompt must be a string or None, got {negative_prompt!r}")
         if output_type not in ("uint8", "float"):
             raise ValueError(f"output_type must be 'uint8' or 'float', got {output_type!r}")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be a function (i, t, x_t, x0_hat), got {describe(callback)}")
         num_steps = self.defaults["num_steps"] if num_steps is None else num_steps
         guidance_scale = check_number("guidance_scale", self.defaults["guidance_scale"] if guidance_scale is None
                                       else guidance_scale, low=0)
-        seed = check_seed(seed)
-        f = self.vae.config.downsample_factor
-        height, width = (check_int(name, v or self.image_size, low=f) for name, v in (("height", height), ("width", width)))
+        seed, n, f = check_seed(seed), len(prompts), self.vae.config.downsample_factor
+        image, mask, strength = check_init_image(init_image, mask, strength, batch=n, factor=f)
+        size = dict(height=height, width=width) if image is None else check_image_size(image, height, width)
+        height, width = (check_int(k, v or self.image_size, low=f) for k, v in size.items())
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of {f} (the VAE's factor), got {height}×{width}")
-        sampler = make_sampler(sampler, self.schedule, clip_sample=None, **self.samplers.get(sampler, {}))
-        context, mask = self.encode(prompts)  # 1. (N, L, width)
-        neg_context, neg_mask = self.encode([negative_prompt or ""] * len(prompts))
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        shape = (len(prompts), self.unet.config.in_channels, height // f, width // f)  # (N, 4, h, w)
-        out = sample(  # 2-4: random latent, then predict the noise, guide, step, repeat
-            self.unet, sampler, shape, num_steps=num_steps, generator=generator, latents=latents,
-            cond=self._kwargs(context, mask), uncond=self._kwargs(neg_context, neg_mask), guidance_scale=guidance_scale,
-            keep_every=keep_every, progress=progress, device=self.device)
+        sampler = self._sampler(sampler)
+        sampler.set_timesteps(num_steps)
+        # img2img: run the last int(n · strength) of the n steps (diffusers' get_timesteps); text to image runs all
+        init_timestep = min(int(num_steps * strength), num_steps)
+        if init_timestep < 1:
+            raise ValueError(f"strength {strength:g} × num_steps {num_steps} leaves no step to run "
+                             f"(int({num_steps} · {strength:g}) = 0): raise strength or num_steps")
+        timesteps = sampler.timesteps[num_steps - init_timestep:]
+        shape = (n, self.unet.config.in_channels, height // f, width // f)  # (N, 4, h, w)
+        if latents is not None and tuple(check_float_tensor("latents", latents, dims=4).shape) != shape:
+            raise ValueError(f"latents must have the shape {shape}, got {describe(latents)}")
+
+        context, text_mask = self.encode(prompts)  # 1. (N, L, width)
+        neg_context, neg_mask = self.encode([negative_prompt or ""] * n)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None  # on the CPU: same on any device
+        if image is not None:  # 2a. the init image's latents: a draw from the VAE's posterior, as diffusers
+            z0 = self.encode_image(image, generator=generator).expand(shape)  # (N, 4, h, w)
+        noise = latents if latents is not None else torch.randn(shape, generator=generator)  # ε, drawn after z0's
+        noise = noise.to(self.device, torch.float32)
+        if image is None or (mask is not None and strength == 1):
+            x = noise  # 2. x_T ~ N(0, I) (inpainting at strength 1 too, as diffusers')
+        else:
+            x = sampler.add_noise(z0, noise, timesteps[0])  # 2b. SDEdit: x_t0 = √ᾱ z0 + √(1-ᾱ) ε, the forward process
+        if mask is not None:  # the mask on the latent grid, as diffusers: binary, nearest neighbour
+            mask = F.interpolate(mask.to(self.device), size=shape[2:], mode="nearest")  # (1 or N, 1, h, w)
+
+        cond, uncond = self._kwargs(context, text_mask), self._kwargs(neg_context, neg_mask)
+        both = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guidance_scale != 1 else None
+        kept = []
+        for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
+            eps = self._predict_noise(x, t, cond, both, guidance_scale)  # 3. ε̂, guided
+            if callback is not None:
+                callback(i, int(t), x, sampler.predict_x0(eps, t, x))
+            x = sampler.step(eps, t, x, generator=generator)  # 4. one step less noisy
+            if mask is not None:  # inpainting: outside the mask, the init latents noised to where x now is
+                known = z0 if i == len(timesteps) - 1 else sampler.add_noise(z0, noise, timesteps[i + 1])
+                x = (1 - mask) * known + mask * x
+            if keep_every and (i % keep_every == 0 or i == len(timesteps) - 1):
+                kept.append(x.cpu())
         if keep_every:
-            z, kept = out
-            return self.decode(z, output_type), [self.decode(k, output_type) for k in kept]
-        return self.decode(out, output_type)
+            return self.decode(x, output_type), [self.decode(k, output_type) for k in kept]
+        return self.decode(x, output_type)  # 5.
+
+    def _sampler(self, sampler) -> Sampler:
+        if isinstance(sampler, str):
+            return self.make_sampler(sampler)
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"sampler must be a name or a Sampler, got {describe(sampler)}")
+        if not torch.equal(sampler.schedule.alphas_cumprod, self.schedule.alphas_cumprod):
+            raise ValueError(f"the sampler's schedule is {sampler.schedule.name!r} but this model was trained with "
+                             f"{self.schedule.name!r}: build it with pipe.make_sampler(name)")
+        return sampler
+
+    def _predict_noise(self, x, t, cond: dict, both: dict | None, guidance_scale: float) -> torch.Tensor:
+        """ε̂ at x_t; with guidance one batch of 2N, [cond; uncond]: ε̂ = ε̂_u + s (ε̂_c − ε̂_u)."""
+        dtype = next(self.unet.parameters()).dtype  # the UNet may run in fp16; the sampler's math stays fp32
+        t_batch = torch.full((len(x),), int(t), device=self.device, dtype=torch.long)
+        if both is None:
+            return self.unet(x.to(dtype), t_batch, **cond).float()
+        eps, eps_uncond = self.unet(torch.cat([x, x]).to(dtype), torch.cat([t_batch, t_batch]), **both).float().chunk(2)
+        return eps_uncond + guidance_scale * (eps - eps_uncond)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, *, generator: torch.Generator | None = None,
+                     sample: bool = True) -> torch.Tensor:
+        """Images (B, 3, H, W), uint8 or float in [-1, 1] -> scaled latents (B, 4, H/f, W/f): a draw from the VAE's
+        posterior (its mean with sample=False), times the latent scale — what the UNet works on."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(to_float(images).to(self.device, vae_dtype))
+        return (posterior.sample(generator) if sample else posterior.mode()) * self.latent_scale
 
     @staticmethod
     def _kwargs(context, mask) -> dict:

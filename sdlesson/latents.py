@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import torch
 
+from .batches import batched
 from .checks import check_number
 from .data import from_float, to_float
 from .scenes import make_scenes
 
 
-@torch.no_grad()
 def encode_images(vae, images: torch.Tensor, *, batch_size: int = 256, sample: bool = False,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Images (N, 3, H, W), uint8 or float in [-1, 1] -> unscaled latents (N, 4, H/8, W/8), on the CPU.
 
     sample=False takes the posterior's mode (its mean); True draws from it, as Stable Diffusion's training does.
     """
-    vae.eval()
-    device = next(vae.parameters()).device
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size].to(device))  # uint8 0 … 255 -> -1 … 1
-        posterior = vae.encode(x)
-        out.append((posterior.sample(generator) if sample else posterior.mode()).cpu())
-    return torch.cat(out)
+    def encode(x):
+        posterior = vae.encode(to_float(x))  # uint8 0 … 255 -> -1 … 1
+        return posterior.sample(generator) if sample else posterior.mode()
+
+    return batched(vae, encode, images, batch_size=batch_size)
 
 
 def latent_scale(vae, images: torch.Tensor) -> float:
@@ -45,24 +42,17 @@ def encode_scenes(vae, count: int, *, seed: int, split: str = "train", scale: fl
     return encode_images(vae, images) * scale, captions, labels
 
 
-@torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor, scale: float = 1.0, *, batch_size: int = 256) -> torch.Tensor:
     """Latents × scale (N, 4, h, w) -> uint8 images (N, 3, 8h, 8w), like make_scenes' images: divide, then decode."""
     scale = check_number("scale", scale, low=0, low_open=True)
-    vae.eval()
-    device = next(vae.parameters()).device
-    out = [vae.decode(latents[i:i + batch_size].to(device) / scale).clamp(-1, 1).cpu()
-           for i in range(0, len(latents), batch_size)]
-    return from_float(torch.cat(out))  # -1 … 1 -> 0 … 255
+    decoded = batched(vae, lambda z: vae.decode(z / scale).clamp(-1, 1), latents, batch_size=batch_size)
+    return from_float(decoded)  # -1 … 1 -> 0 … 255
 
 
-@torch.no_grad()
 def reconstruct(vae, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Images (N, 3, H, W), uint8 or float in [-1, 1] -> the VAE's round trip, float in [-1, 1], on the CPU.
 
     Encode, take the posterior's mode (no sampling: the same image every time), decode: what a VAE keeps of an image.
     """
-    vae.eval()
-    device = next(vae.parameters()).device
-    return torch.cat([vae.decode(vae.encode(to_float(images[i:i + batch_size].to(device))).mode()).clamp(-1, 1).cpu()
-                      for i in range(0, len(images), batch_size)])
+    return batched(vae, lambda x: vae.decode(vae.encode(to_float(x)).mode()).clamp(-1, 1), images,
+                   batch_size=batch_size)

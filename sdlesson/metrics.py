@@ -31,7 +31,8 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image, in dB, for images in [-1, 1] (data_range 2): 10 log10(range² / MSE)."""
     if x.shape != y.shape or x.dim() < 2:
-        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(f"psnr compares two batches of the same shape (B, ...), got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     mse = (x.float() - y.float()).square().flatten(1).mean(1)
     return 10 * torch.log10(data_range**2 / mse)
 
@@ -89,10 +90,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 2.0, sigma: fl
     g = torch.exp(-0.5 * (offsets / sigma) ** 2)
     g = g / g.sum()  # (2r+1,) normalised 1-D Gaussian
     channels = x.shape[1]
-    window = (g[:, None] * g[None, :]).expand(channels, 1, -1, -1)  # (C, 1, 2r+1, 2r+1) one window per channel
+    rows, cols = g.view(1, 1, -1, 1).expand(channels, 1, -1, -1), g.view(1, 1, 1, -1).expand(channels, 1, -1, -1)
 
-    def local_mean(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(t, window, groups=channels)  # (N, C, H-2r, W-2r)
+    def local_mean(t: torch.Tensor) -> torch.Tensor:  # the 2-D Gaussian is separable: a column pass, then a row pass
+        t = torch.nn.functional.conv2d(t, rows, groups=channels)  # (N, C, H-2r, W)
+        return torch.nn.functional.conv2d(t, cols, groups=channels)  # (N, C, H-2r, W-2r)
 
     a, b = x.double(), y.double()
     mu_a, mu_b = local_mean(a), local_mean(b)

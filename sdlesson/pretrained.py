@@ -1,6 +1,7 @@
 """The course's own trained models: where their checkpoints live, and loading them.
 
-How each one is made (config, training settings, data, loss) is its recipe in recipes.py.
+How each one is made (config, training settings, data, loss) is its recipe in recipes.py, which builds on this
+module; the configurations the notebooks read from here (pretrained.SCENE_VAE, ...) are looked up there.
 """
 
 from __future__ import annotations
@@ -14,17 +15,29 @@ from .checkpoint import load_model, read_metadata
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DATA_DIR = _PACKAGE_DIR / "data" if (_PACKAGE_DIR / "data").is_dir() else _PACKAGE_DIR.parent / "data"
 
-# The recipes (configs, training settings, data) live in recipes.py; their names stay importable from here.
-from .recipes import (  # noqa: E402,F401
-    SCENE_CLIP, SCENE_CLIP_TRAIN, SCENE_DECODER_EDGE_WEIGHT, SCENE_DECODER_TRAIN, SCENE_JUDGE, SCENE_JUDGE_SEED,
-    SCENE_JUDGE_TEST_SEED, SCENE_JUDGE_TRAIN, SCENE_LATENT_TRAIN, SCENE_LATENT_UNET, SCENE_SCHEDULE, SCENE_TEST_SEED,
-    SCENE_TEXT_P_UNCOND, SCENE_TEXT_TRAIN, SCENE_TEXT_UNET, SCENE_TRAIN_COUNT, SCENE_TRAIN_SEED, SCENE_VAE,
-    SCENE_VAE_KL_WEIGHT, SCENE_VAE_TRAIN, SILHOUETTE_CLASSIFIER, SILHOUETTE_CLASSIFIER_TRAIN, SILHOUETTE_SCHEDULE,
-    SILHOUETTE_TRAIN, SILHOUETTE_UNET,
+# The configurations the notebooks read as pretrained.NAME: they live in recipes.py, which imports this module (it
+# builds on checkpoint_path and load_pretrained), so they are looked up when first used, not imported here (PEP 562).
+_FROM_RECIPES = (
+    "SCENE_CLIP", "SCENE_DECODER_EDGE_WEIGHT", "SCENE_LATENT_UNET", "SCENE_SCHEDULE", "SCENE_TEST_SEED",
+    "SCENE_TEXT_P_UNCOND", "SCENE_TEXT_UNET", "SCENE_TRAIN_SEED", "SCENE_VAE", "SCENE_VAE_KL_WEIGHT",
+    "SILHOUETTE_CLASSIFIER", "SILHOUETTE_SCHEDULE", "SILHOUETTE_UNET",
 )
 
-CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet", "scene_clip",
-               "scene_text_unet", "scene_vae_decoder")  # shipped as data/NAME.safetensors, made by recipes.RECIPES
+
+def __getattr__(name: str):
+    if name in _FROM_RECIPES:
+        from . import recipes  # here, not at the top: recipes imports this module
+
+        return getattr(recipes, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_FROM_RECIPES))
+
+
+CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet",
+               "scene_clip", "scene_text_unet", "scene_vae_decoder")  # data/NAME.safetensors, made by recipes.RECIPES
 
 
 def checkpoint_path(name: str) -> Path:

@@ -25,10 +25,15 @@ from typing import Callable
 
 import torch
 
+from .checkpoint import load_weights, read_metadata
 from .classifier import Classifier, ClassifierConfig, classification_loss
-from .schedule import NoiseSchedule
-from .text import CLIP, CLIPConfig, clip_loss
-from .train import DiffusionLoss, TrainConfig
+from .data import load_silhouettes
+from .latents import encode_scenes, latent_scale
+from .pretrained import checkpoint_path, hardware, load_pretrained, scene_latent_scale
+from .scenes import make_scenes
+from .schedule import DiffusionLoss, NoiseSchedule
+from .text import CLIP, CLIPConfig, clip_loss, encode_prompts
+from .train import TrainConfig
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig, decoder_loss, vae_loss
 
@@ -74,7 +79,8 @@ SCENE_LATENT_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup_step
 # Text (lesson 06): a small CLIP trained contrastively on (latent, caption) pairs of the training scenes; its text
 # tower then stays frozen and gives the UNet 16 token embeddings of width 64 (SD: CLIP's 77 × 768).
 SCENE_CLIP = CLIPConfig()
-SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine", ema_decay=0.99)
+SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps=50, lr_schedule="cosine",
+                               ema_decay=0.99)
 # The latent noise predictor with cross-attention to those embeddings wherever it has self-attention (4×4, 2×2 and
 # the middle); captions dropped for 10% of examples so the same model also predicts unconditionally (guidance).
 SCENE_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, context_dim=SCENE_CLIP.width)
@@ -103,14 +109,12 @@ class Recipe:
         return self.train.seed
 
     def build_model(self) -> torch.nn.Module:
-        """The model before training: initial weights drawn from the recipe's seed (the global RNG is left as it was)."""
+        """The model before training: initial weights drawn from the recipe's seed (the global RNG is left as it
+        was)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = self.model_class(self.config)
         if self.start_from is not None:
-            from .checkpoint import load_weights
-            from .pretrained import checkpoint_path
-
             load_weights(model, checkpoint_path(self.start_from), weights="ema")
         for part in self.frozen:
             getattr(model, part).requires_grad_(False)
@@ -134,26 +138,18 @@ def _env_int(name: str) -> int | None:
 # --- how each recipe's data is made -------------------------------------------------------------------------------
 
 def _silhouette_images():
-    from .data import load_silhouettes
-
     return load_silhouettes("train")[0]  # (8716, 1, 28, 28) in [-1, 1]
 
 
 def _silhouettes_with_labels():
-    from .data import load_silhouettes
-
     return load_silhouettes("train")  # images, labels (8716,)
 
 
 def _scene_images():
-    from .scenes import make_scenes
-
     return make_scenes(scene_train_count(), seed=SCENE_TRAIN_SEED)[0]  # uint8 (20000, 3, 64, 64), 246 MB
 
 
 def _judge_data():
-    from .scenes import make_scenes
-
     n = scene_train_count()
     seen = make_scenes(n * 4 // 5, seed=SCENE_JUDGE_SEED, split="train")
     heldout = make_scenes(n // 5, seed=SCENE_JUDGE_SEED, split="heldout")
@@ -163,9 +159,6 @@ def _judge_data():
 @functools.lru_cache(maxsize=1)
 def _scene_latents(count: int):
     """The training scenes' latents (× the shipped VAE's scale) and captions, encoded once per process."""
-    from .latents import encode_scenes
-    from .pretrained import load_pretrained, scene_latent_scale
-
     latents, captions, _ = encode_scenes(load_pretrained("scene_vae"), count, seed=SCENE_TRAIN_SEED,
                                          scale=scene_latent_scale())
     return latents, captions
@@ -182,9 +175,6 @@ def _clip_data():
 
 
 def _text_unet_data():  # the frozen text encoder's token embeddings, computed once per caption
-    from .pretrained import load_pretrained
-    from .text import encode_prompts
-
     latents, captions = _scene_latents(scene_train_count())
     context, mask = encode_prompts(load_pretrained("scene_clip"), captions)
     return latents, context, mask
@@ -192,8 +182,6 @@ def _text_unet_data():  # the frozen text encoder's token embeddings, computed o
 
 def _vae_metadata(vae, images) -> dict:
     """The latent scale factor, 1 / std of the training latents (SD's 0.18215 rule), stored with the VAE."""
-    from .latents import latent_scale
-
     return {"latent_scale": latent_scale(vae, images[:2000])}
 
 
@@ -242,9 +230,7 @@ def train_from_scratch(device: torch.device) -> bool:
 
 
 def shipped_training_time(*names: str) -> str:
-    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC, 1 thread'."""
-    from .checkpoint import read_metadata
-    from .pretrained import checkpoint_path, hardware
-
+    """How long the shipped checkpoints' own training runs took, from their files: e.g. '97 min on AMD EPYC,
+    1 thread'."""
     cards = [read_metadata(checkpoint_path(get(n).name)) for n in names]
     return f"{sum(c['seconds'] for c in cards) / 60:.0f} min on {' / '.join(sorted({hardware(c) for c in cards}))}"

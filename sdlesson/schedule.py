@@ -1,12 +1,15 @@
-"""Noise schedules and forward diffusion.
+"""Noise schedules, forward diffusion, and the loss a noise predictor is trained with.
 
-The forward process adds a little Gaussian noise at each of T steps:
+Equation numbers are those of DDPM (Ho, Jain & Abbeel 2020, arXiv:2006.11239). The forward process adds a little
+Gaussian noise at each of T steps:
 
-    q(x_t | x_{t-1}) = N(sqrt(1 - β_t) x_{t-1}, β_t I)
+    q(x_t | x_{t-1}) = N(sqrt(1 - β_t) x_{t-1}, β_t I)                                          (DDPM eq. 2)
 
 and, because Gaussians compose, jumps straight to any step in closed form:
 
-    q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I),   ᾱ_t = ∏_{s<=t} (1 - β_s)
+    q(x_t | x_0) = N(sqrt(ᾱ_t) x_0, (1 - ᾱ_t) I),   ᾱ_t = ∏_{s<=t} (1 - β_s)                    (DDPM eq. 4)
+
+A network ε_θ learns to predict the noise: L_simple = E_{t, x_0, ε} || ε - ε_θ(x_t, t) ||²     (DDPM eq. 14)
 
 Timesteps are 0-indexed, t = 0 … T-1, as in diffusers: t = 0 is the first noising step.
 """
@@ -16,6 +19,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+from .checks import check_number
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 
@@ -88,7 +94,7 @@ class NoiseSchedule:
         return out.reshape(out.shape + (1,) * (like.dim() - out.dim()))
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """Forward diffusion in closed form: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε."""
+        """Forward diffusion in closed form: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε (DDPM eq. 4, reparametrised)."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
         self._check_batch(t, x0)
@@ -96,7 +102,7 @@ class NoiseSchedule:
         return a_bar.sqrt() * x0 + (1 - a_bar).sqrt() * noise
 
     def step_forward(self, x_prev: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
-        """One forward step: x_t = sqrt(1 - β_t) x_{t-1} + sqrt(β_t) ε (x_{-1} is the clean image)."""
+        """One forward step: x_t = sqrt(1 - β_t) x_{t-1} + sqrt(β_t) ε (DDPM eq. 2; x_{-1} is the clean image)."""
         self._check_batch(t, x_prev)
         beta = self._at(self.betas, t, x_prev)
         return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
@@ -107,7 +113,7 @@ class NoiseSchedule:
         return a_bar / (1 - a_bar)
 
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t, t_prev=None):
-        """Mean and variance of q(x_{t'} | x_t, x_0), the Gaussian the reverse step aims at.
+        """Mean and variance of q(x_{t'} | x_t, x_0), the Gaussian the reverse step aims at (DDPM eqs. 6-7).
 
         t' is t - 1 by default; a sampler that skips steps passes its own t' < t (-1 means the clean image).
             β'    = 1 - ᾱ_t / ᾱ_{t'}
@@ -126,3 +132,60 @@ class NoiseSchedule:
         mean = (a_bar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - a_bar_prev) * x_t) / (1 - a_bar)
         var = (1 - a_bar_prev) / (1 - a_bar) * beta
         return mean, var
+
+
+# --- the loss built on the schedule ------------------------------------------------------------------------------
+
+class DiffusionLoss:
+    """ε-prediction loss: pick t, noise x_0 to x_t in closed form, ask the model for ε, compare by mean squared error.
+
+    batch = (x0,) or (x0, cond) where cond is class labels (B,) or a (context, context_mask) pair.
+    p_uncond drops the condition for that fraction of examples, for classifier-free guidance.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, *, p_uncond: float = 0.0):
+        self.schedule = schedule
+        self.p_uncond = check_number("p_uncond", p_uncond, low=0, high=1)  # the share of dropped conditions
+
+    def __call__(self, model, batch, generator: torch.Generator, *,
+                 shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """shard = (first, total): the batch is examples first … first + B of a global batch of `total` (several
+        processes); the draws are the whole global batch's, so each example gets the same t and ε for any split."""
+        x0 = batch[0]
+        B = x0.shape[0]
+        first, total = shard or (0, B)
+        mine = slice(first, first + B)
+        t = torch.randint(0, self.schedule.num_timesteps, (total,), generator=generator)[mine].to(x0.device)
+        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
+        x_t = self.schedule.add_noise(x0, noise, t)  # x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε   (DDPM eq. 4)
+        drop = (torch.rand(total, generator=generator)[mine] < self.p_uncond).to(x0.device)
+        pred = model(x_t, t, **condition_kwargs(model, batch[1:], drop))
+        return F.mse_loss(pred.float(), noise)  # || ε - ε_θ(x_t, t) ||²   (DDPM eq. 14, L_simple)
+
+
+def condition_kwargs(model, cond: tuple, drop: torch.Tensor) -> dict:
+    """Model keyword arguments for the condition in a batch, with dropped examples made unconditional."""
+    if not cond:
+        return {}
+    if len(cond) == 1:  # class labels; the extra index num_classes means "no class"
+        labels = torch.where(drop, getattr(model, "module", model).config.num_classes, cond[0])  # .module: DDP's
+        return {"class_labels": labels}
+    context, mask = cond  # text: dropped captions become empty ones (all tokens masked out but the first)
+    mask = mask.clone()
+    mask[drop, 1:] = False
+    return {"context": context, "context_mask": mask}
+
+
+@torch.no_grad()
+def loss_per_timestep(model, schedule: NoiseSchedule, x0: torch.Tensor, timesteps, *, seed: int = 0) -> list[float]:
+    """The noise-prediction error || ε - ε_θ(x_t, t) ||² (mean over x0) at each of `timesteps`: which noise levels
+    a model finds hard. One seeded generator draws every t's noise, on the CPU; the model runs where it lives."""
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    out = []
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = schedule.add_noise(x0, noise, torch.full((len(x0),), t))
+        pred = model(x_t.to(device), torch.full((len(x0),), t, device=device))
+        out.append(F.mse_loss(pred.cpu(), noise).item())
+    return out

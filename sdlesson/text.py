@@ -92,6 +92,7 @@ class CLIPConfig:
     embed_dim: int = 64  # the shared space where captions and images are compared
     vocab_size: int | None = None  # token ids; None: the words + 3 specials (CLIP's BPE: 49,408, vocab left empty)
     activation: str = "gelu"  # the MLP's: "gelu", or "quick_gelu" x·σ(1.702x), OpenAI CLIP's cheaper approximation
+    mlp_width: int | None = None  # the MLP's hidden width (transformers: intermediate_size); None: 4 × width, CLIP's
 
     def __post_init__(self):
         self.vocab = tuple(self.vocab)
@@ -99,6 +100,8 @@ class CLIPConfig:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+        if self.mlp_width is not None and self.mlp_width < 1:
+            raise ValueError(f"mlp_width must be a positive int or None (4 × width), got {self.mlp_width}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,14 +121,15 @@ ACTIVATIONS = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
 class TransformerBlock(nn.Module):
     """Pre-norm: x + causal self-attention(LN(x)), then x + MLP(LN(x)), as in CLIP's text tower and GPT-2."""
 
-    def __init__(self, width: int, heads: int, activation: str = "gelu"):
+    def __init__(self, width: int, heads: int, activation: str = "gelu", mlp_width: int | None = None):
         super().__init__()
         self.heads = heads
+        hidden = mlp_width or 4 * width  # CLIP's MLP widens 4×; some small models use another width
         self.ln1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.ln2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), ACTIVATIONS[activation](), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), ACTIVATIONS[activation](), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, L, C = x.shape
@@ -144,7 +148,7 @@ class TextEncoder(nn.Module):
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size or len(config.vocab) + 3, config.width)
         self.position_embedding = nn.Parameter(torch.randn(config.max_length, config.width) * 0.01)
-        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.activation)
+        self.blocks = nn.ModuleList(TransformerBlock(config.width, config.heads, config.activation, config.mlp_width)
                                     for _ in range(config.layers))
         self.ln_final = nn.LayerNorm(config.width)
 

@@ -1,6 +1,7 @@
-"""The one training loop every lesson uses, and the diffusion loss it is most often given.
+"""The one training loop every lesson uses (the diffusion loss it is most often given lives in schedule.py).
 
-    trainer = Trainer(model, DiffusionLoss(schedule), images, TrainConfig(steps=2000), checkpoint_path="unet.safetensors")
+    trainer = Trainer(model, DiffusionLoss(schedule), images, TrainConfig(steps=2000),
+                      checkpoint_path="unet.safetensors")
     trainer.fit()          # resumes from checkpoint_path if it exists, saves there every checkpoint_every steps
     sample_with(trainer.ema_model)
 
@@ -22,30 +23,19 @@ import copy
 import inspect
 import json
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .checks import check_device, check_number
-from .schedule import NoiseSchedule
-
-
-def pick_device(device=None) -> torch.device:
-    """The given device, else the best available: cuda, then mps, then cpu."""
-    if device is not None:
-        return check_device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+from .checks import check_number
+from .devices import PRECISIONS, autocast_dtype, pick_device  # noqa: F401  (pick_device: re-exported)
+from .progress import Progress
+# The loss lives beside the schedule it is built on; importable from here, where the lessons first meet it.
+from .schedule import DiffusionLoss, NoiseSchedule, condition_kwargs  # noqa: F401
 
 
 @dataclass
@@ -58,15 +48,15 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant, or cosine: lr decays to lr/10 at `steps` along half a cosine
     ema_decay: float = 0.999  # EMA of the weights, the ones we sample with
     grad_clip: float = 1.0  # max global gradient norm
-    precision: str = "auto"  # auto: bf16 (fp16 where bf16 is missing) on CUDA, fp32 elsewhere; or fp32 | bf16 | fp16
+    precision: str = "auto"  # auto: what is fast here (bf16 only where native: devices.py); or fp32|bf16|fp16
     seed: int = 0
     checkpoint_every: int = 500  # steps between checkpoints (and one at the end), when a path is given
 
     def __post_init__(self):
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -100,95 +90,9 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-class DiffusionLoss:
-    """ε-prediction loss: pick t, noise x_0 to x_t in closed form, ask the model for ε, compare by mean squared error.
-
-    batch = (x0,) or (x0, cond) where cond is class labels (B,) or a (context, context_mask) pair.
-    p_uncond drops the condition for that fraction of examples, for classifier-free guidance.
-    """
-
-    def __init__(self, schedule: NoiseSchedule, *, p_uncond: float = 0.0):
-        self.schedule = schedule
-        self.p_uncond = check_number("p_uncond", p_uncond, low=0, high=1)  # the share of dropped conditions
-
-    def __call__(self, model, batch, generator: torch.Generator, *, shard: tuple[int, int] | None = None) -> torch.Tensor:
-        """shard = (first, total): the batch is examples first … first + B of a global batch of `total` (several
-        processes); the draws are the whole global batch's, so each example gets the same t and ε for any split."""
-        x0 = batch[0]
-        B = x0.shape[0]
-        first, total = shard or (0, B)
-        mine = slice(first, first + B)
-        t = torch.randint(0, self.schedule.num_timesteps, (total,), generator=generator)[mine].to(x0.device)
-        noise = torch.randn((total, *x0.shape[1:]), generator=generator)[mine].to(x0.device)
-        x_t = self.schedule.add_noise(x0, noise, t)  # x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε
-        drop = (torch.rand(total, generator=generator)[mine] < self.p_uncond).to(x0.device)
-        pred = model(x_t, t, **condition_kwargs(model, batch[1:], drop))
-        return F.mse_loss(pred.float(), noise)  # || ε - ε_θ(x_t, t) ||²
-
-
-def condition_kwargs(model, cond: tuple, drop: torch.Tensor) -> dict:
-    """Model keyword arguments for the condition in a batch, with dropped examples made unconditional."""
-    if not cond:
-        return {}
-    if len(cond) == 1:  # class labels; the extra index num_classes means "no class"
-        labels = torch.where(drop, getattr(model, "module", model).config.num_classes, cond[0])  # .module: DDP's
-        return {"class_labels": labels}
-    context, mask = cond  # text: dropped captions become empty ones (all tokens masked out but the first)
-    mask = mask.clone()
-    mask[drop, 1:] = False
-    return {"context": context, "context_mask": mask}
-
-
-def autocast_dtype(precision: str, device: torch.device):
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-class Progress:
-    """The progress of a fit. A terminal gets a tqdm bar, redrawn rarely when the output is a log file, and nothing
-    left behind. A notebook gets one line of plain text, updated in place, which ends as the fit's summary
-    (steps, final loss, wall time): that line, not a widget's "0%", is what a stored notebook shows."""
-
-    def __init__(self, total: int, initial: int, *, enabled: bool = True):
-        self.total, self.enabled = total, enabled
-        self.notebook = enabled and "ipykernel" in sys.modules and not sys.stderr.isatty()
-        self.handle, self.bar, self.shown = None, None, 0.0
-        if self.notebook:
-            from IPython.display import display
-
-            self.handle = display({"text/plain": f"training: step {initial}/{total}"}, raw=True, display_id=True)
-        elif enabled:
-            quiet_log = not sys.stderr.isatty()  # in a log file a redrawn bar becomes thousands of lines
-            self.bar = tqdm(total=total, initial=initial, desc="training", leave=False,
-                            mininterval=30 if quiet_log else 0.1)
-
-    @staticmethod
-    def recent_loss(history: list[float]) -> float:
-        return sum(history[-25:]) / len(history[-25:])
-
-    def update(self, step: int, history: list[float]):
-        if self.bar is not None:
-            self.bar.update(1)
-            if step % 25 == 0 or step == self.total:
-                self.bar.set_postfix(loss=f"{self.recent_loss(history):.4f}")
-        elif self.handle is not None and time.perf_counter() - self.shown > 1.0:
-            self.shown = time.perf_counter()
-            self.handle.update({"text/plain": f"training: step {step}/{self.total}, "
-                                              f"loss {self.recent_loss(history):.4f}"}, raw=True)
-
-    def close(self, step: int, history: list[float], seconds: float):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.handle is not None and history:
-            self.handle.update({"text/plain": f"trained {step} steps: loss {self.recent_loss(history):.4f} "
-                                              f"(mean of the last {min(25, len(history))}), {seconds:.0f} s"}, raw=True)
-
-
 class Trainer:
-    """AdamW, EMA, gradient clipping, mixed precision, progress, the loss history, atomic checkpoints; DDP under torchrun."""
+    """AdamW, EMA, gradient clipping, mixed precision, progress, the loss history, atomic checkpoints;
+    DDP under torchrun."""
 
     def __init__(self, model, loss_fn, data, config: TrainConfig | None = None, *, device=None,
                  checkpoint_path=None, progress: bool = True):
@@ -281,12 +185,22 @@ class Trainer:
         torch._foreach_lerp_([e for e in ema if e.is_floating_point()],
                              [c for c in cur if c.is_floating_point()], 1 - d)
 
-    def fit(self, steps: int | None = None) -> list[float]:
-        """Train until `steps` (default: config.steps) steps are done in all; returns the loss history."""
+    def fit(self, steps: int | None = None, *, max_seconds: float | None = None) -> list[float]:
+        """Train until `steps` (default: config.steps) steps are done in all, or `max_seconds` of wall time are
+        spent in this call (a time-boxed run, e.g. to compare two models on the same budget); returns the loss
+        history. A time-boxed run that stops early saves a checkpoint where it stopped, when it has a path."""
         steps = self.config.steps if steps is None else steps
+        if max_seconds is not None:
+            check_number("max_seconds", max_seconds, low=0, low_open=True)
         bar = Progress(steps, self.step, enabled=self.progress)
-        start = time.perf_counter()
+        start = began = time.perf_counter()
         while self.step < steps:
+            if max_seconds is not None and self._time_is_up(began, max_seconds):
+                if self.checkpoint_path and self.rank == 0 and self.step % self.config.checkpoint_every:
+                    self.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save(self.checkpoint_path)
+                break
             self.history.append(self.train_step())
             bar.update(self.step, self.history)
             if self.checkpoint_path and (self.step % self.config.checkpoint_every == 0 or self.step == steps):
@@ -297,6 +211,14 @@ class Trainer:
         self.seconds += time.perf_counter() - start
         bar.close(self.step, self.history, self.seconds)
         return self.history
+
+    def _time_is_up(self, began: float, max_seconds: float) -> bool:
+        up = time.perf_counter() - began >= max_seconds
+        if self.world_size > 1:  # every process stops at the same step, or DDP's next all-reduce waits forever
+            flag = torch.tensor(float(up), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            up = bool(flag.item())
+        return up
 
     # --- checkpoints: weights, EMA and optimizer in tensors; step, history and configs in metadata ---------------
 
@@ -311,6 +233,7 @@ class Trainer:
             path, tensors, kind=ckpt.kind_of(self.model), config=self.model.config.to_dict(),
             train_config=asdict(self.config), step=self.step, seconds=self.seconds,
             param_groups=opt["param_groups"], grad_scale=self.scaler.get_scale() if self.scaler.is_enabled() else None,
+            grad_scaler=self.scaler.state_dict() or None,  # fp16: the loss scale and its growth count; else {}
             device=str(self.device), **meta,
         )
 
@@ -336,7 +259,9 @@ class Trainer:
             i, name = key.split(".", 1)
             state.setdefault(int(i), {})[name] = v.to(self.device) if name != "step" else v
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-        if meta.get("grad_scale") and self.scaler.is_enabled():
-            self.scaler.update(meta["grad_scale"])
+        if meta.get("grad_scale") and self.scaler.is_enabled():  # fp16: go on with the saved loss scale
+            # load_state_dict, not update(scale): update needs a scale set up by a step, and a fresh scaler has none
+            saved_scaler = meta.get("grad_scaler") or {"scale": meta["grad_scale"]}  # a file from before grad_scaler
+            self.scaler.load_state_dict(self.scaler.state_dict() | saved_scaler)
         self.step, self.seconds = meta["step"], meta.get("seconds", 0.0)
         self.history = tensors["history.loss"].tolist()

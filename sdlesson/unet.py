@@ -2,8 +2,8 @@
 
 The layout is DDPM's (and diffusers' UNet2DModel's), in one file you can read top to bottom:
 
-    x_t ─ conv_in ─ [ResBlock ×n (+Attention)] ─ Downsample ─ … ─ Mid(Res, Attn, Res) ─ … ─ Upsample ─ [ResBlock ×(n+1)] ─ conv_out ─ ε̂
-                         │ skip connections, concatenated on the way up ────────────────────────↑
+    x_t ─ conv_in ─ [ResBlock ×n (+Attn)] ─ Downsample ─ … ─ Mid(Res, Attn, Res) ─ … ─ Upsample ─ [ResBlock ×(n+1)]
+                    │ each output kept as a skip connection, concatenated on the way up ──↑          ─ conv_out ─ ε̂
     t ─ sinusoidal embedding ─ MLP ─ added inside every ResBlock   (+ a class embedding, when conditioned)
     text tokens ─ cross-attention inside every Attention block     (when context_dim is set)
 """
@@ -11,27 +11,36 @@ The layout is DDPM's (and diffusers' UNet2DModel's), in one file you can read to
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_unet_inputs
+
 
 @dataclass
 class UNetConfig:
+    """Every choice the UNet is built from; the course's models and SD v1.5 differ only in these values
+    (stable_diffusion.configs_side_by_side shows them side by side)."""
+
     in_channels: int = 3  # 1 for silhouettes, 3 for RGB, 4 for VAE latents
     out_channels: int | None = None  # defaults to in_channels: ε has the shape of x
-    sample_size: int = 32  # height = width of the input, 8 … 64
-    block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels
-    layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up)
-    attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels
+    sample_size: int = 32  # height = width of the input, 8 … 64; the training size (any multiple of 2^(levels-1) runs)
+    block_channels: tuple[int, ...] = (64, 128, 128)  # channels at each resolution; len = number of levels, each
+    # level halving the resolution: wider where the image is small, where convolutions cost least per channel
+    layers_per_block: int = 2  # ResBlocks per level on the way down (one more on the way up, for the extra skip)
+    attention_levels: tuple[bool, ...] = (False, True, True)  # self-attention at which levels: its cost grows with
+    # (H·W)², so the coarse levels get it (SD v1 also at 64×64, none at its coarsest, 8×8)
     attention_head_dim: int = 32  # channels per head, so wider levels get more heads ...
     attention_heads: int | None = None  # ... unless a fixed number of heads is set (SD v1: 8 at every level)
     attention_block: str = "simple"  # "simple": GroupNorm + self-attention (+ cross-attention), DDPM's block;
     # "transformer": SD's spatial transformer, a whole transformer layer over the H·W positions (see below)
-    norm_groups: int = 32
-    dropout: float = 0.0
+    norm_groups: int = 32  # GroupNorm's groups: batch-size independent, so a batch of 1 samples like training
+    dropout: float = 0.0  # inside each ResBlock, before its second conv (off in every shipped recipe)
     num_classes: int | None = None  # class conditioning: an embedding added to the time embedding
     context_dim: int | None = None  # text conditioning: cross-attention to (B, L, context_dim) tokens
 
@@ -155,7 +164,8 @@ class FeedForward(nn.Module):
 class SpatialTransformer(nn.Module):
     """Stable Diffusion's attention block: one transformer layer over the H·W positions, text read by cross-attention.
 
-        x ─ GroupNorm ─ 1×1 conv ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU(LN) ─ 1×1 conv ─ + x
+        x ─ GroupNorm ─ 1×1 conv ─ tokens (B, H·W, C) ─ + self-attn(LN) ─ + cross-attn(LN, text) ─ + GEGLU(LN)
+          ─ 1×1 conv ─ + x
     """
 
     def __init__(self, channels: int, *, groups: int, heads: int | None, head_dim: int, context_dim: int | None):
@@ -199,7 +209,8 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """The ResBlocks (and attention) at one resolution, with the resampling that follows them."""
+    """The ResBlocks (and attention) at one resolution, with the resampling that follows them (None at the last
+    level going down and at full resolution going up)."""
 
     def __init__(self, res_blocks, attn_blocks, resample):
         super().__init__()
@@ -209,6 +220,15 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
+    """x_t (B, C, H, W), t (B,) -> predicted noise ε̂ (B, C_out, H, W); the layout in the module docstring.
+
+    The skip connections, counted: conv_in's output and every ResBlock's and Downsample's output on the way down
+    are pushed on a stack (1 + levels · layers_per_block + (levels - 1) tensors). On the way up each level has
+    layers_per_block + 1 ResBlocks, and each pops one tensor and concatenates it on the channels: the pops mirror
+    the pushes exactly, so the stack is empty at conv_out. `skip_channels` in __init__ keeps the same stack of
+    channel counts, to size each up-ResBlock's input (its own width + the popped skip's).
+    """
+
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
@@ -221,14 +241,14 @@ class UNet(nn.Module):
             context_dim=cfg.context_dim,
         )
 
-        self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))  # (B, emb)
         # Class conditioning: one extra row, index num_classes, is the "no class" used for guidance.
         self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.conv_in = nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1)
 
-        # Down: each level keeps its outputs for the skip connections.
+        # Down: each level keeps its outputs for the skip connections; skip_channels records their widths.
         self.down = nn.ModuleList()
-        skip_channels, c_in = [ch[0]], ch[0]
+        skip_channels, c_in = [ch[0]], ch[0]  # conv_in's output is the first skip
         for i, c in enumerate(ch):
             last = i == len(ch) - 1
             res, att = [], []
@@ -258,83 +278,73 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(cfg.norm_groups, c_in)
         self.conv_out = nn.Conv2d(c_in, cfg.out_channels, 3, padding=1)
 
-    def _check_inputs(self, x, t, class_labels, context, context_mask=None):
-        cfg = self.config
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {shape}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected floating-point images, got dtype {x.dtype} (uint8 images: "
-                            "sdlesson.data.to_float maps 0…255 to [-1, 1])")
-        if x.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"this UNet takes {cfg.in_channels}-channel input, got {x.shape[1]} channels (shape {tuple(x.shape)})"
-            )
-        factor = 2 ** (len(cfg.block_channels) - 1)
-        if x.shape[2] % factor or x.shape[3] % factor:
-            raise ValueError(f"height and width must be multiples of {factor}, got {tuple(x.shape[2:])}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"expected one timestep per image, shape ({x.shape[0]},), got {tuple(t.shape)}")
-        if class_labels is not None and self.class_emb is None:
-            raise ValueError("this UNet has no class conditioning (num_classes is None) but class_labels were given")
-        if context is not None and cfg.context_dim is None:
-            raise ValueError("this UNet has no cross-attention (context_dim is None) but a context was given")
-        if context is None and cfg.context_dim is not None:
-            raise ValueError(f"this UNet is text-conditioned (context_dim={cfg.context_dim}): pass context=(B, L, "
-                             f"{cfg.context_dim}) token embeddings; for an unconditional prediction, pass the empty "
-                             "prompt's embeddings, as classifier-free guidance does")
-        if context is not None and (context.dim() != 3 or context.shape[-1] != cfg.context_dim):
-            raise ValueError(f"context must be (B, L, {cfg.context_dim}), got {tuple(context.shape)}")
-        if context is not None and context.shape[0] != x.shape[0]:
-            raise ValueError(f"context must have one row per image: batch {x.shape[0]}, got context of shape "
-                             f"{tuple(context.shape)}")
-        if context_mask is not None and (context is None or tuple(context_mask.shape) != tuple(context.shape[:2])
-                                         or context_mask.dtype != torch.bool):
-            raise ValueError(f"context_mask must be a bool tensor of shape (B, L) = "
-                             f"{tuple(context.shape[:2]) if context is not None else '(B, L) of a context'}, "
-                             f"got {context_mask.dtype} {tuple(context_mask.shape)}")
-        return t
-
     def forward(self, x, t, *, class_labels=None, context=None, context_mask=None):
         """x: (B, C, H, W) noisy input; t: (B,) timesteps -> predicted noise (B, C_out, H, W).
 
         class_labels: (B,) ints, num_classes meaning "no class"; context: (B, L, context_dim) token embeddings,
         context_mask: (B, L) bool, True where a token is real.
         """
-        t = self._check_inputs(x, t, class_labels, context, context_mask)
+        t = check_unet_inputs(self.config, x, t, class_labels=class_labels, context=context,
+                              context_mask=context_mask)  # (B,) timesteps, or a clear error
         emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row
                 class_labels = torch.full(t.shape, self.config.num_classes, device=t.device)  # long, whatever t is
             emb = emb + self.class_emb(class_labels)
 
-        h = self.conv_in(x)
-        skips = [h]
+        h = self.conv_in(x)  # (B, ch[0], H, W)
+        skips = [h]  # every output on the way down, pushed here, popped in reverse on the way up
         for level in self.down:
             for j, res in enumerate(level.res):
-                h = res(h, emb)
+                h = res(h, emb)  # (B, ch[i], H_i, W_i)
                 if level.attn:
                     h = level.attn[j](h, context, context_mask)
                 skips.append(h)
             if level.resample is not None:
-                h = level.resample(h)
+                h = level.resample(h)  # (B, ch[i], H_i / 2, W_i / 2)
                 skips.append(h)
 
-        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), context, context_mask), emb)
+        h = self.mid_res2(self.mid_attn(self.mid_res1(h, emb), context, context_mask), emb)  # (B, ch[-1], h, w)
 
         for level in self.up:
             for j, res in enumerate(level.res):
-                h = res(torch.cat([h, skips.pop()], dim=1), emb)
+                h = res(torch.cat([h, skips.pop()], dim=1), emb)  # (B, c + c_skip, H_i, W_i) -> (B, ch[i], H_i, W_i)
                 if level.attn:
                     h = level.attn[j](h, context, context_mask)
             if level.resample is not None:
-                h = level.resample(h)
+                h = level.resample(h)  # (B, ch[i], 2 H_i, 2 W_i)
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+ATTENTION_KINDS = {"cross": ("cross_attn", "attn2"), "self": ("self_attn", "attn1")}  # simple / transformer names
+
+
+@contextmanager
+def recording_attention(model: nn.Module, *, kind: str = "cross",
+                        where: Callable[[str], bool] = lambda name: True) -> Iterator[dict[str, Attention]]:
+    """Keep the attention weights of the model's `kind` ("cross": to the text tokens, or "self") attention layers
+    whose names pass `where` (e.g. lambda n: n.startswith(("down.1", "up.1")), the 4×4 levels), for plots.
+
+        with recording_attention(pipe.unet) as layers:
+            pipe.unet(z_t, t, context=context, context_mask=mask)
+            maps = torch.stack([layer.weights for layer in layers.values()])  # each (B, heads, H·W, L)
+
+    Inside the block each layer's `.weights` holds the softmax of its latest call; on leaving, recording stops and
+    the weights are dropped. (SD's transformer calls its cross-attention attn2; without a context it is self-attention.)
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(ATTENTION_KINDS)}, got {kind!r}")
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, Attention) and name.endswith(ATTENTION_KINDS[kind]) and where(name)}
+    for layer in layers.values():
+        layer.keep_weights = True
+    try:
+        yield layers
+    finally:
+        for layer in layers.values():
+            layer.keep_weights, layer.weights = False, None

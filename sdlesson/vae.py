@@ -153,6 +153,15 @@ class MidBlock(nn.Module):
 
 
 class Encoder(nn.Module):
+    """Image (B, 3, H, W) -> the moments of a Gaussian over latents: mean and log-variance stacked, (B, 2·4, h, w).
+
+    patchify (p×p pixel blocks into channels) ─ conv_in ─ per level: layers_per_block ResBlocks, then a stride-2
+    Downsample (none after the last level) ─ Mid (ResBlock, self-attention, ResBlock) ─ GroupNorm, SiLU ─ conv_out
+    to 2·latent_channels ─ quant_conv (SD's extra 1×1 conv). No skip connections: unlike the UNet, everything the
+    decoder will know must pass through the small latent. `down` holds every level's layers in one nn.Sequential
+    (layer k of level i at index i·(layers_per_block + 1) + k; sd_weights.vae_rules maps SD's names onto these).
+    """
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch, p, g, eps = cfg.block_channels, cfg.patch_size, cfg.norm_groups, cfg.norm_eps
@@ -180,6 +189,14 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """Latents (B, 4, h, w) -> image (B, 3, h·f, w·f), roughly in [-1, 1]: the encoder's mirror, one ResBlock wider.
+
+    post_quant_conv ─ conv_in ─ Mid (ResBlock, self-attention, ResBlock) ─ per level, coarsest first:
+    layers_per_block + 1 ResBlocks, then a nearest-neighbour Upsample and 3×3 conv (none after the finest) ─
+    GroupNorm, SiLU ─ conv_out ─ unpatchify. The extra ResBlock per level is SD's layout too. The decoder alone is
+    what lesson 04 fine-tunes (the scene_vae_decoder recipe), so the latents keep their meaning.
+    """
+
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         ch, p, g, eps = cfg.block_channels, cfg.patch_size, cfg.norm_groups, cfg.norm_eps
@@ -269,7 +286,8 @@ def vae_loss(model: VAE, batch, generator: torch.Generator, *, kl_weight: float 
     return rec + kl_weight * posterior.kl().mean() / x[0].numel()  # KL: per example, then per pixel value
 
 
-def decoder_loss(model: VAE, batch, generator: torch.Generator | None = None, *, edge_weight: float = 0.0) -> torch.Tensor:
+def decoder_loss(model: VAE, batch, generator: torch.Generator | None = None, *,
+                 edge_weight: float = 0.0) -> torch.Tensor:
     """Fine-tune the decoder alone, as Stable Diffusion's released decoders were (ft-EMA, ft-MSE).
 
     The encoder only runs (no gradient), so every latent stays what it was, and so does every noise predictor
@@ -283,5 +301,6 @@ def decoder_loss(model: VAE, batch, generator: torch.Generator | None = None, *,
     recon = model.decode(z).float()
     loss = (recon - x).square().mean()
     if edge_weight:
-        loss = loss + edge_weight * sum((a - b).abs().mean() for a, b in zip(image_gradients(recon), image_gradients(x)))
+        edges = zip(image_gradients(recon), image_gradients(x))
+        loss = loss + edge_weight * sum((a - b).abs().mean() for a, b in edges)
     return loss

@@ -6,14 +6,23 @@ image is shown. The callback is plain Python, so tests drive a widget headlessly
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import io
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from PIL import Image
 
-from .data import to_uint8
+from .data import to_float, to_uint8
+from .metrics import psnr
+from .samplers import SAMPLERS, make_sampler, sample
+from .scenes import parse_caption
+
+# Imported inside the functions that use them, for what they cost: ipywidgets and IPython (the notebook widgets
+# only; a script drawing a grid need not load them), cost.py (torch's FLOP counter) and generate.py (the pipeline).
 
 
 def as_uint8_batch(images) -> np.ndarray:
@@ -118,8 +127,6 @@ class InteractiveImage:
 
     def _picture(self) -> tuple[dict, dict]:
         """The picture as a (data, metadata) bundle: PNG at its own size, capped at max_width."""
-        import base64
-
         height, width = self.image.shape[:2]
         width, height = width * self.scale, height * self.scale
         shown = min(width, self.max_width)
@@ -171,11 +178,7 @@ def sampling_explorer(model, schedule, shape, *, steps=(1, 2, 5, 10, 20, 50, 100
 
     For latents: decode turns the final latents into images (timed too), clip_sample=None leaves x̂_0 unclamped.
     """
-    import time
-
     import ipywidgets as widgets
-
-    from .samplers import SAMPLERS, make_sampler, sample
 
     def render(steps, sampler, seed):
         start = time.perf_counter()
@@ -203,8 +206,6 @@ def figure_to_array(fig) -> np.ndarray:
 
 def cost_explorer(base) -> InteractiveImage:
     """Vary a UNet's width, attention levels and resolution; see its FLOPs on pixels vs on 8×-smaller latents."""
-    import dataclasses
-
     import ipywidgets as widgets
 
     from . import cost
@@ -233,13 +234,15 @@ def cost_explorer(base) -> InteractiveImage:
             shown = np.where(gflops > 0, gflops, np.nan)  # no attention at all: no bar (log(0) has no length)
             ax.barh(y + offset, shown, height=0.38, color=color, label=space)
             for yi, v in zip(y + offset, gflops):
-                ax.text(v if v > 0 else low, yi, (f" {v:,.0f}" if v >= 100 else f" {v:.3g}") if v > 0 else " none", va="center", fontsize=7)
+                label = (f" {v:,.0f}" if v >= 100 else f" {v:.3g}") if v > 0 else " none"
+                ax.text(v if v > 0 else low, yi, label, va="center", fontsize=7)
         ax.set_xscale("log")
         ax.set_xlim(low, high)
         ax.set_yticks(y, labels=rows)
         ax.invert_yaxis()
         ax.set_xlabel("GFLOPs per forward pass (batch 1, log scale)")
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)  # beside the bars, not on them
+        # beside the bars, not on them
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
         fig.tight_layout()
         total = {space: sum(counts[space].values()) for space in counts}
         caption = (f"pixels 3×{side}² vs latents 4×{side // 8}²: {total['pixels'] / 1e9:,.2f} vs "
@@ -265,9 +268,6 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
     """
     import ipywidgets as widgets
 
-    from .data import to_float
-    from .metrics import psnr
-
     def render(index, decoder, noise):
         vae = vaes[decoder]
         x = to_float(images[index:index + 1])
@@ -292,12 +292,9 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
 def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the center on a blue background",
                            num_images: int = 4, judge=None) -> InteractiveImage:
     """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image."""
-    import time
-
     import ipywidgets as widgets
 
     from .generate import DEFAULT_GUIDANCE
-    from .scenes import parse_caption
 
     shown = {"image": np.full((64, 64, 3), 255, np.uint8)}  # the last good picture
 

@@ -24,3 +24,24 @@ def tiny_unet():
 @pytest.fixture(params=["linear", "cosine", "scaled_linear"])
 def schedule(request):
     return NoiseSchedule(request.param)
+
+
+# Markers (registered in pyproject.toml): `python -m pytest tests -m "not slow"` runs the unit tests alone.
+DOOR_TESTS = {"test_browser.py", "test_wheel.py", "test_first_cell.py"}  # install doors: venvs, JupyterLab, Chromium
+SLOW_TESTS = {"test_shipped_behaviour.py",  # the shipped models measured: recipes trained, evaluate_* run
+              # `python -m sdlesson train` in subprocesses (40-step runs, a killed run, torchrun with 2 processes)
+              "test_recipes.py::test_same_command_twice_gives_identical_tensors",
+              "test_recipes.py::test_killed_run_resumes_to_the_uninterrupted_result",
+              "test_recipes.py::test_two_processes_train_like_one"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if name in DOOR_TESTS:
+            item.add_marker(pytest.mark.door)
+        elif item.path.suffix == ".ipynb":  # nbval's notebook cells
+            item.add_marker(pytest.mark.notebook)
+        elif name not in SLOW_TESTS and f"{name}::{getattr(item, 'originalname', item.name)}" not in SLOW_TESTS:
+            continue
+        item.add_marker(pytest.mark.slow)

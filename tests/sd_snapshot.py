@@ -60,7 +60,8 @@ def unet_to_ldm(state: dict, layers: int, attention: tuple[bool, ...]) -> dict:
     up_attention = tuple(reversed(attention))
     out = {}
     for key, value in state.items():
-        new = (key.replace("time_embedding.linear_1.", "time_embed.0.").replace("time_embedding.linear_2.", "time_embed.2.")
+        new = (key.replace("time_embedding.linear_1.", "time_embed.0.")
+               .replace("time_embedding.linear_2.", "time_embed.2.")
                .replace("conv_norm_out.", "out.0.").replace("conv_in.", "input_blocks.0.0."))
         new = re.sub(r"^conv_out\.", "out.2.", new)
         if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
@@ -69,7 +70,8 @@ def unet_to_ldm(state: dict, layers: int, attention: tuple[bool, ...]) -> dict:
         elif m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
             new = f"input_blocks.{1 + int(m[1]) * (L + 1) + L}.0.op.{m[2]}"
         elif m := re.match(r"mid_block\.(resnets|attentions)\.(\d)\.(.*)", key):
-            new = f"middle_block.{ {('resnets', 0): 0, ('attentions', 0): 1, ('resnets', 1): 2}[(m[1], int(m[2]))] }.{m[3]}"
+            index = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[(m[1], int(m[2]))]
+            new = f"middle_block.{index}.{m[3]}"
         elif m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
             new = f"output_blocks.{int(m[1]) * (L + 1) + int(m[3])}.{0 if m[2] == 'resnets' else 1}.{m[4]}"
         elif m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
@@ -96,7 +98,8 @@ def vae_to_ldm(state: dict, levels: int) -> dict:
             new = f"decoder.up.{levels - 1 - int(m[1])}.upsample.{m[2]}"
         elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", key):
             new = f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
-        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", key):
+        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\."
+                           r"(group_norm|to_q|to_k|to_v|to_out\.0)\.(.*)", key):
             name = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}[m[2]]
             new = f"{m[1]}.mid.attn_1.{name}.{m[3]}"
             value = value[:, :, None, None] if value.dim() == 2 else value  # LDM stores them as 1×1 convs
@@ -119,7 +122,8 @@ def write_single_file(path: Path, models) -> Path:
 
 def course_configs():
     """The course's configs for the tiny reference models (what a single file cannot say about itself)."""
-    from sdlesson.stable_diffusion import text_config_from_transformers, unet_config_from_diffusers, vae_config_from_diffusers
+    from sdlesson.stable_diffusion import (text_config_from_transformers, unet_config_from_diffusers,
+                                           vae_config_from_diffusers)
 
     unet = unet_config_from_diffusers(UNET | {"out_channels": 4})
     vae = vae_config_from_diffusers(VAE | {"in_channels": 3})[0]

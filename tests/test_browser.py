@@ -12,7 +12,8 @@ Starts JupyterLab on 127.0.0.1 (a free port, a token set here) over a copy of th
   4. the browser console shows no errors (see BENIGN for what is ignored, and why).
 Before step 1 it also checks the committed notebook as opened: no "Error displaying widget" either.
 A screenshot of the explorer (1366x768) is saved for each lesson, and one more on failure, in a tmp folder whose path is
-printed (or $SDLESSON_SCREENSHOTS). Without Chromium or Playwright the test skips, except where $CI is set: there it fails.
+printed (or $SDLESSON_SCREENSHOTS). Without Chromium or Playwright the test skips, except where $CI is set: there it
+fails.
 """
 
 import json
@@ -153,10 +154,47 @@ def shown(cell):
             cell.locator(".jp-RenderedText").last.text_content().strip())
 
 
+def until(condition, timeout: float, what: str):
+    """Poll `condition` every 0.25 s until it holds; fail naming `what` after `timeout` seconds."""
+    end = time.time() + timeout
+    while not condition():
+        if time.time() > end:
+            raise AssertionError(f"after {timeout:.0f} s: {what}")
+        time.sleep(0.25)
+
+
+WIDGET_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.widget-view+json']"
+
+
+def wait_rendered(page, scope: str, timeout_ms: int = 60_000):
+    """Until the outputs under `scope` have rendered: every widget output drew its controls or its error, and the
+    outputs' HTML stayed the same for a second (the browser polls it; no fixed sleep)."""
+    page.wait_for_function("""([scope, widgetSel]) => {
+        const outputs = Array.from(document.querySelectorAll(scope + ' .jp-OutputArea'));
+        const drawn = Array.from(document.querySelectorAll(scope + ' ' + widgetSel)).every(
+            w => w.querySelector('.jupyter-widgets') || w.textContent.includes('Error displaying widget'));
+        const html = outputs.map(o => o.innerHTML).join('');
+        const memo = window.__sdlessonRendered || (window.__sdlessonRendered = {});
+        const now = Date.now();
+        if (!drawn || memo[scope] === undefined || memo[scope].html !== html) {
+            memo[scope] = {html, since: now};
+            return false;
+        }
+        return now - memo[scope].since >= 1000;
+    }""", arg=[scope, WIDGET_OUTPUT], polling=200, timeout=timeout_ms)
+
+
 def bring_into_view(page, cell):
-    for _ in range(3):  # cells above re-measure while their outputs render
+    """Scroll to the cell until it stops moving: cells above re-measure while their outputs render."""
+    last = [None]
+
+    def steady():
         cell.scroll_into_view_if_needed()
-        time.sleep(0.5)
+        box = cell.bounding_box()
+        moved, last[0] = box != last[0], box
+        return not moved
+
+    until(steady, 30, "the cell kept moving as the notebook rendered")
     cell.locator(".jp-OutputArea").last.scroll_into_view_if_needed()
 
 
@@ -168,7 +206,7 @@ def open_notebook(page, url, lesson):
                                         == "idle" for s in api(url, "sessions")):
         time.sleep(1)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=300_000)
-    time.sleep(2)
+    wait_rendered(page, NOTEBOOK)  # the stored outputs, widget state included, drawn as they will stay
 
 
 def run_all(page, url):
@@ -202,13 +240,14 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.set_default_timeout(120_000)
-        page.on("console", lambda m: errors.append(f"{m.text} @ {m.location.get('url')}") if m.type == "error" else None)
+        page.on("console",
+                lambda m: errors.append(f"{m.text} @ {m.location.get('url')}") if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
         try:
             start = time.time()
             open_notebook(page, url, lesson)
-            # The committed notebook, before it runs: its stored outputs (widget state included) read as they are.
-            time.sleep(3)
+            # The committed notebook, before it runs: its stored outputs (widget state included) read as they are
+            # (open_notebook waited until every widget output drew its controls or its error).
             broken = page.locator(f"{NOTEBOOK} .jp-OutputArea-output:has-text('Error displaying widget')")
             assert broken.count() == 0, f"{lesson} as committed shows {broken.all_text_contents()}"
             run_all(page, url)
@@ -217,7 +256,8 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             assert not [p for p in prompts(page) if p.strip() == "[ ]:"], f"cells did not run: {prompts(page)}"
             cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(index)
             errors_shown = cell.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-            assert not cell.locator(".jp-OutputArea-output:has-text('Traceback')").count(), errors_shown.all_text_contents()
+            traceback = cell.locator(".jp-OutputArea-output:has-text('Traceback')")
+            assert not traceback.count(), errors_shown.all_text_contents()
             bring_into_view(page, cell)
             cell.locator(".jupyter-widgets.widget-hbox").wait_for()
             picture = cell.locator(".jp-RenderedImage img").last
@@ -258,8 +298,9 @@ def test_lesson_runs_its_explorer_answers_and_survives_reopening(lab, shots, les
             cell = page.locator(f"{NOTEBOOK} .jp-Cell").nth(index)
             bring_into_view(page, cell)
             cell.locator(".jp-RenderedImage img").last.wait_for()
-            time.sleep(3)  # let the widget outputs settle to what they will show
-            assert shown(cell) == after, f"{lesson}: the reopened notebook shows another picture or caption"
+            wait_rendered(page, NOTEBOOK)
+            until(lambda: shown(cell) == after, 30,
+                  f"{lesson}: the reopened notebook shows another picture or caption: {shown(cell)} != {after}")
             page.screenshot(path=shots / f"{lesson}-reopened.png")
             # The course's JupyterLab default (jupyter/sdlesson.json5) saves the widget state with the notebook, so
             # the controls come back as drawn, and nothing anywhere says "Error displaying widget".

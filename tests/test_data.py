@@ -20,7 +20,8 @@ def test_silhouettes_split_and_range():
 
 def test_silhouette_class_filter_keeps_original_labels():
     x, y = data.load_silhouettes("test", classes=("cat", "dog"))
-    assert len(x) == 200 and set(y.tolist()) == {data.SILHOUETTE_CLASSES.index("cat"), data.SILHOUETTE_CLASSES.index("dog")}
+    cat, dog = data.SILHOUETTE_CLASSES.index("cat"), data.SILHOUETTE_CLASSES.index("dog")
+    assert len(x) == 200 and set(y.tolist()) == {cat, dog}
     with pytest.raises(ValueError, match="unknown silhouette classes \\['unicorn'\\]"):
         data.load_silhouettes(classes=("cat", "unicorn"))
     with pytest.raises(ValueError, match="split must be"):

@@ -124,7 +124,7 @@ LIBRARY_CASES = [
      ValueError, "num_images must be an int from 1 to 64, got 0"),
     # empty inputs
     ("empty: Trainer with no examples", lambda m: Trainer(m["unet"], DiffusionLoss(m["schedule"]), torch.zeros(0, 1, 8, 8),
-                                                          TrainConfig(steps=1), progress=False),
+                                                          TrainConfig(steps=1), device="cpu", progress=False),
      ValueError, "data is empty"),
     ("empty: image grid of no images", lambda m: image_grid(torch.zeros(0, 3, 4, 4, dtype=torch.uint8)),
      ValueError, "non-empty batch"),

@@ -1,5 +1,6 @@
 """The measuring helpers: the fixed prompt sets, and the judge-based scores on real scenes."""
 
+import pytest
 import torch
 
 from sdlesson import pretrained
@@ -18,10 +19,53 @@ def test_prompt_sets_cover_their_pairs_without_repeats():
     assert prompt_set("train") == seen  # fixed
 
 
-def test_real_scenes_are_clean_and_at_distance_zero_from_themselves():
+def test_real_scenes_are_clean_and_scene_quality_compares_the_right_sets():
+    """scene_quality's Fréchet distances are samples vs reference and floor reference vs reference, in judge features,
+    recomputed here from the features; real scenes are judged right and clean."""
+    from sdlesson.classifier import extract_features
+    from sdlesson.metrics import frechet_distance
+
     judge = pretrained.load_pretrained("scene_judge")
     images, _, labels = make_scenes(96, seed=pretrained.SCENE_TEST_SEED, split="heldout")
     predicted, confidence = judge_scenes(judge, images, batch_size=40)
     assert torch.equal(predicted, labels) and confidence.shape == (96, 4)
-    q = scene_quality(judge, images, images, make_scenes(96, seed=pretrained.SCENE_TRAIN_SEED)[0])
-    assert q["clean"] > 0.95 and abs(q["fd"]) < 1e-6 and q["floor"] > 1.0
+    samples, reference = images[:48], images[48:]
+    training = make_scenes(96, seed=pretrained.SCENE_TRAIN_SEED)[0]
+    q = scene_quality(judge, samples, reference, training)
+    features = lambda x: extract_features(judge, x)  # noqa: E731
+    assert q["fd"] == pytest.approx(frechet_distance(features(samples), features(reference)), rel=1e-4)
+    assert q["floor"] == pytest.approx(frechet_distance(features(training[:48]), features(reference)), rel=1e-4)
+    assert q["clean"] > 0.95 and q["floor"] > q["fd"] > 0  # held-out scenes lie nearer each other than training
+
+
+def test_batched_judging_equals_one_batch():
+    """judge_scenes runs the judge in chunks (batches.batched): the chunk size changes nothing."""
+    judge = pretrained.load_pretrained("scene_judge")
+    images = make_scenes(50, seed=pretrained.SCENE_TEST_SEED)[0]
+    one, confidence = judge_scenes(judge, images, batch_size=50)
+    chunked, chunked_confidence = judge_scenes(judge, images, batch_size=7)
+    assert torch.equal(one, chunked)
+    torch.testing.assert_close(confidence, chunked_confidence, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["scene_latent_unet", "--num-steps", "0"], "num_steps must be an int from 1 to 1000, got 0"),
+    (["silhouette_unet", "--num-samples", "0"], "num_samples must be an int >= 1, got 0"),
+    (["scene_text_unet", "--guidance", "nan"], "guidance_scale must be a finite number"),
+    (["scene_text_unet", "--guidance", "-1"], "guidance_scale must be >= 0"),
+    (["scene_text_unet", "--num-steps", "1001"], "num_steps must be an int from 1 to 1000"),
+    (["scene_vae", "--num-steps", "5"], "does not use --num-steps"),
+    (["scene_judge", "--device", "nowhere"], "device must be one of"),
+])
+def test_evaluate_refuses_a_bad_option_before_any_work(options, message, monkeypatch, capsys):
+    from sdlesson import cli, reports
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a model was loaded or data made despite a bad option")
+
+    monkeypatch.setattr(reports.pre, "load_pretrained", no_work)
+    monkeypatch.setattr(reports, "make_scenes", no_work)
+    monkeypatch.setattr(reports, "TextToImage", no_work)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["evaluate", *options])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

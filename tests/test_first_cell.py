@@ -83,7 +83,8 @@ def test_first_cell_installs_the_course_offline(tmp_path):
     def run(code):
         return subprocess.run([python, "-c", code], cwd=content, env=env, capture_output=True, text=True, check=True)
 
-    assert run("import importlib.util as u; s = u.find_spec('sdlesson'); print(s and s.origin)").stdout.strip() == "None"
+    found = run("import importlib.util as u; s = u.find_spec('sdlesson'); print(s and s.origin)")
+    assert found.stdout.strip() == "None"
     cell = colab_cell.first_cell(colab_cell.repository())
     twice = run(f"exec({cell!r})\nexec({cell!r})\nimport sdlesson.pretrained; print(sdlesson.__file__)").stdout
     assert twice.count("installing sdlesson") == 1, twice

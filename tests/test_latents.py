@@ -58,4 +58,5 @@ def test_reconstruct_is_encode_mode_then_decode():
     with torch.no_grad():
         x = images.float() / 127.5 - 1
         expected = vae.decode(vae.encode(x).mode()).clamp(-1, 1)
-    assert got.shape == (3, 3, 16, 16) and torch.allclose(got, expected, atol=1e-6)
+    # batches of 2 against one of 3: convolutions round differently by batch size (seen: 1e-6 off at one thread)
+    assert got.shape == (3, 3, 16, 16) and torch.allclose(got, expected, atol=1e-5)

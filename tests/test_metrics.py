@@ -16,10 +16,15 @@ def test_frechet_distance_matches_scipy_sqrtm():
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
 
 
-def test_frechet_distance_of_a_set_with_itself_is_zero_and_shift_adds_its_square():
-    x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1))
-    assert frechet_distance(x, x) == pytest.approx(0, abs=1e-6)
-    assert frechet_distance(x, x + torch.tensor([3.0, 0, 0, 0])) == pytest.approx(9.0, rel=1e-5)
+def test_frechet_distance_of_a_scaled_and_shifted_set_has_its_closed_form():
+    """b = c·a + s: Σ_b = c² Σ_a, (Σ_a Σ_b)^½ = c Σ_a, so FD = |(1 - c) μ_a - s|² + (1 - c)² tr Σ_a exactly."""
+    x = torch.randn(300, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * torch.tensor(
+        [1.0, 2.0, 0.5, 3.0], dtype=torch.float64) + 0.7
+    mu, trace = x.mean(0), torch.cov(x.T).trace()
+    for c, s in ((1.0, torch.tensor([3.0, 0, 0, 0])), (2.0, torch.zeros(4)), (0.5, torch.tensor([1.0, -2, 0, 1]))):
+        s = s.double()
+        expected = ((1 - c) * mu - s).square().sum() + (1 - c) ** 2 * trace
+        assert frechet_distance(x, c * x + s) == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="same D"):
         frechet_distance(x, x[:, :3])
 

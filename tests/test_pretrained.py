@@ -100,8 +100,8 @@ def test_generate_command_with_the_shipped_models(tmp_path, capsys):
     from sdlesson.cli import main
 
     out = tmp_path / "cat.png"
-    main(["generate", "a large cat face in the center on a blue background", "-n", "2", "--num-steps", "10", "--zoom", "1",
-          "--out", str(out)])
+    main(["generate", "a large cat face in the center on a blue background", "-n", "2", "--num-steps", "10",
+          "--zoom", "1", "--out", str(out)])
     assert Image.open(out).size == (2 * 64 + 3, 64 + 2) and "wrote" in capsys.readouterr().out
 
 

@@ -96,3 +96,29 @@ def test_timesteps_outside_range_are_rejected(t):
 def test_float_timesteps_are_rejected():
     with pytest.raises(TypeError, match="integers"):
         NoiseSchedule("linear").add_noise(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.tensor([0.5]))
+
+
+def test_loss_per_timestep_is_zero_for_the_true_noise_and_one_for_none():
+    """A model that inverts x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε exactly (it knows x_0) has no error at any t;
+    one that predicts zeros has the noise's own mean square, ≈ 1."""
+    from sdlesson.schedule import loss_per_timestep
+
+    schedule = NoiseSchedule("linear")
+    x0 = torch.rand(64, 1, 8, 8) * 2 - 1
+
+    class Oracle(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))  # a parameter, so the helper finds the model's device
+
+        def forward(self, x_t, t):
+            a_bar = schedule.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+            return (x_t - a_bar.sqrt() * x0) / (1 - a_bar).sqrt() + self.w
+
+    class Zero(Oracle):
+        def forward(self, x_t, t):
+            return torch.zeros_like(x_t) + self.w
+
+    ts = [0, 100, 999]
+    assert max(loss_per_timestep(Oracle(), schedule, x0, ts)) < 1e-4
+    assert all(abs(v - 1) < 0.1 for v in loss_per_timestep(Zero(), schedule, x0, ts))

@@ -50,10 +50,12 @@ def max_errors(sd, reference) -> dict[str, float]:
     ids = sd.tokenizer(["a photo of a cat", "an astronaut riding a horse, 4k"])
     posterior, theirs = sd.vae.encode(images), vae.encode(images).latent_dist
     return {
-        "unet": (sd.unet(latents, t, context=context) - unet(latents, t, encoder_hidden_states=context).sample).abs().max().item(),
+        "unet": (sd.unet(latents, t, context=context)
+                 - unet(latents, t, encoder_hidden_states=context).sample).abs().max().item(),
         "vae mean": (posterior.mean - theirs.mean).abs().max().item(),
         "vae logvar": (posterior.logvar - theirs.logvar).abs().max().item(),
-        "vae decode": (sd.vae.decode(latents[:, :, :8, :8]) - vae.decode(latents[:, :, :8, :8]).sample).abs().max().item(),
+        "vae decode": (sd.vae.decode(latents[:, :, :8, :8])
+                       - vae.decode(latents[:, :, :8, :8]).sample).abs().max().item(),
         "text": (sd.text_encoder(ids) - text(ids).last_hidden_state).abs().max().item(),
     }
 
@@ -94,7 +96,8 @@ def test_full_size_parameter_counts_equal_the_references():
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
         text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
+                                            num_attention_heads=12, max_position_embeddings=77,
+                                            hidden_act="quick_gelu"))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(sd.unet) == count(unet) == 859_520_964
     assert count(sd.vae) == count(vae) == 83_653_863
@@ -127,7 +130,8 @@ def test_reads_the_ema_weights_and_the_variant_asked_for(tmp_path, reference):
     state = load_file(str(unet))
     non_ema = {k: torch.zeros_like(v) for k, v in state.items()} | {"only_in_non_ema": torch.zeros(1)}  # read: an error
     save_file(non_ema, str(unet.with_name(unet.name.replace(".safe", ".non_ema.safe"))))
-    save_file({k: (v + 1).half() for k, v in state.items()}, str(unet.with_name(unet.name.replace(".safe", ".fp16.safe"))))
+    fp16_file = unet.with_name(unet.name.replace(".safe", ".fp16.safe"))
+    save_file({k: (v + 1).half() for k, v in state.items()}, str(fp16_file))
     key = "conv_in.weight"
     assert torch.equal(load_stable_diffusion(root).unet.state_dict()[key], state[key])
     half = load_stable_diffusion(root, dtype=torch.float16).unet.state_dict()[key]
@@ -180,7 +184,8 @@ def test_shape_mismatch_names_the_tensor(tmp_path, reference):
     config = json.loads((root / "unet" / "config.json").read_text())
     config["cross_attention_dim"] = 48  # the file's cross-attention reads 32-wide text
     (root / "unet" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"tensor .*attn2.to_k.weight has shape \(32, 32\), the model expects \(32, 48\)"):
+    with pytest.raises(ValueError, match=r"tensor .*attn2.to_k.weight has shape \(32, 32\), "
+                                         r"the model expects \(32, 48\)"):
         load_stable_diffusion(root)
 
 
@@ -201,3 +206,25 @@ def test_pickle_checkpoints_load_without_running_code(tmp_path, reference):
     torch.save({"state_dict": load_file(str(path))}, ckpt)
     sd = load_stable_diffusion(ckpt, configs=course_configs())
     assert max(max_errors(sd, reference).values()) <= TOLERANCE
+
+
+@torch.no_grad()
+def test_text_encoder_with_another_mlp_width_loads_and_matches_transformers():
+    """A CLIPTextModel whose intermediate_size is not 4 × hidden_size (small test models often have one) loads field
+    for field and gives transformers' hidden states (fp32, max abs error < TOLERANCE)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from sd_snapshot import TEXT
+    from sdlesson.stable_diffusion import check_state, diffusers_to_course, text_config_from_transformers
+    from sdlesson.text import TextEncoder
+
+    torch.manual_seed(0)
+    theirs = CLIPTextModel(CLIPTextConfig(**(TEXT | {"intermediate_size": 48}))).eval()  # 48 ≠ 4 × 32
+    config = text_config_from_transformers(theirs.config.to_dict())
+    assert config.mlp_width == 48
+    ours = TextEncoder(config).eval()
+    state = diffusers_to_course("text", theirs.state_dict(), config)
+    check_state(ours, state, "text")
+    ours.load_state_dict(state)
+    ids = torch.randint(0, TEXT["vocab_size"], (2, 77), generator=torch.Generator().manual_seed(1))
+    assert (ours(ids) - theirs(ids).last_hidden_state).abs().max().item() < TOLERANCE

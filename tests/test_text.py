@@ -78,7 +78,7 @@ def test_clip_learns_to_match_captions_to_latents():
     ids, mask = clip.config.tokenizer()(captions)
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     trainer = Trainer(clip, clip_loss, (latents, ids, mask), TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10),
-                      progress=False)
+                      device="cpu", progress=False)
     history = trainer.fit()
     assert history[-1] < 0.4 * history[0]
     with torch.no_grad():
@@ -98,4 +98,15 @@ def test_clip_uses_cosine_similarity():
     ids, mask = clip.config.tokenizer()(CAPTION)
     assert torch.allclose(clip.encode_text(ids, mask).norm(dim=-1), torch.ones(1))
     assert torch.allclose(clip.encode_image(torch.randn(3, 4, 8, 8)).norm(dim=-1), torch.ones(3))
-    assert F.cosine_similarity(clip.encode_text(ids, mask), clip.encode_text(ids, mask)).item() == pytest.approx(1.0)
+    latents = torch.randn(3, 4, 8, 8)
+    texts, masks = clip.config.tokenizer()([CAPTION, "a dog face", "a large tree"])
+    raw_image = clip.image(latents)  # (3, D) before normalising
+    states = clip.text(texts)
+    raw_text = clip.text_projection(states[torch.arange(3), masks.sum(1) - 1])
+    cos = F.cosine_similarity(raw_image[:, None], raw_text[None], dim=-1)  # (3 images, 3 captions)
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(20.0))
+    torch.testing.assert_close(clip(latents, texts, masks), 20.0 * cos, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(500.0))  # capped at 100, as CLIP does
+    torch.testing.assert_close(clip(latents, texts, masks), 100.0 * cos, atol=1e-4, rtol=1e-5)

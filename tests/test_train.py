@@ -10,10 +10,11 @@ from sdlesson.unet import UNet
 from conftest import tiny_unet_config
 
 
-def small_trainer(path=None, steps=6, seed=0):
+def small_trainer(path=None, steps=6, seed=0, precision="fp32"):
     torch.manual_seed(0)
     images = torch.rand(16, 1, 8, 8) * 2 - 1
-    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, checkpoint_every=3)
+    config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=2, ema_decay=0.9, checkpoint_every=3,
+                         precision=precision)
     return Trainer(UNet(tiny_unet_config()), DiffusionLoss(NoiseSchedule("linear", num_timesteps=50)), images,
                    config, device="cpu", checkpoint_path=path, progress=False)
 
@@ -40,18 +41,30 @@ def test_diffusion_loss_falls_on_a_fixed_batch():
     assert last < 0.5 * first
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
-    straight = small_trainer(steps=6)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, precision):
+    """3 steps, a checkpoint, 3 more in a fresh Trainer == 6 straight, bit for bit; fp16 restores its loss scale."""
+    def fresh(path=None, steps=6):
+        trainer = small_trainer(path, steps=steps, precision=precision)
+        if precision == "fp16" and trainer.step == 0:  # a loss scale that doubles every 2 steps, so it moves in 3
+            trainer.scaler = torch.amp.GradScaler("cpu", growth_interval=2)
+        return trainer
+
+    straight = fresh(steps=6)
     straight.fit()
 
     path = tmp_path / "run.safetensors"
-    first = small_trainer(path, steps=3)
+    first = fresh(path, steps=3)
     first.fit()  # writes the checkpoint at step 3
-    resumed = small_trainer(path, steps=6)  # a fresh process would do exactly this
+    resumed = small_trainer(path, steps=6, precision=precision)  # a fresh process would do exactly this
     assert resumed.step == 3 and len(resumed.history) == 3
+    assert resumed.scaler.state_dict() == first.scaler.state_dict()  # {} when disabled (fp32, bf16)
+    if precision == "fp16":
+        assert resumed.scaler.get_scale() == 2.0 ** 17 and resumed.amp_dtype == torch.float16
     resumed.fit()
 
     assert resumed.history == straight.history
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(straight.ema_model.state_dict().values(), resumed.ema_model.state_dict().values()):
@@ -110,9 +123,16 @@ def test_resume_reads_a_file_from_before_a_config_field_existed(tmp_path):
         small_trainer(path, steps=6)
 
 
-def test_pick_device_prefers_an_explicit_choice():
+def test_pick_device_prefers_an_explicit_choice_then_cuda_then_mps(monkeypatch):
     assert pick_device("cpu").type == "cpu"
-    assert pick_device().type in ("cuda", "mps", "cpu")
+    cuda, mps = [True], [True]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda[0])
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps[0])
+    assert pick_device().type == "cuda" and pick_device("cpu").type == "cpu"
+    cuda[0] = False
+    assert pick_device().type == "mps"
+    mps[0] = False
+    assert pick_device().type == "cpu"
 
 
 def test_class_dropout_uses_the_null_class():
@@ -177,8 +197,6 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
 
     import IPython.display
 
-    from sdlesson import train
-
     shown = {}
 
     class Handle:
@@ -187,8 +205,102 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "ipykernel", sys)
     monkeypatch.setattr(IPython.display, "display", lambda obj, raw, display_id: shown.update(last=obj["text/plain"]) or Handle())
-    monkeypatch.setattr(train.sys.stderr, "isatty", lambda: False, raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     trainer = small_trainer(steps=6)
     trainer.progress = True
     trainer.fit()
     assert shown["last"].startswith("trained 6 steps: loss ") and shown["last"].endswith(" s")
+
+
+class _WithBuffers(torch.nn.Module):
+    """A linear map then BatchNorm: a float buffer (running_mean) that trains, and an integer one that must not lerp."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.norm = torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.norm(self.lin(x))
+
+
+def _regression_loss(model, batch, generator):
+    x, y = batch
+    return ((model(x) - y) ** 2).mean()
+
+
+def test_ema_follows_its_closed_form_warm_up_and_lerp_buffers_included():
+    """After step k: θ_ema ← d_k θ_ema + (1 - d_k) θ_{k+1}, d_k = min(decay, (1 + k) / (10 + k)), computed here in
+    float64 from the weights after every step; decay 0.5 is reached at k = 8, so both branches of the min run."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3), torch.randn(32, 4)
+    trainer = Trainer(_WithBuffers(), _regression_loss, (x, y),
+                      TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=1, ema_decay=0.5),
+                      device="cpu", progress=False)
+    expected = {k: v.double().clone() for k, v in trainer.model.state_dict().items()}
+    ints = {k: v.clone() for k, v in trainer.ema_model.state_dict().items() if not v.is_floating_point()}
+    for k in range(12):
+        trainer.train_step()
+        d = min(0.5, (1 + k) / (10 + k))
+        for name, now in trainer.model.state_dict().items():
+            if now.is_floating_point():
+                expected[name] = d * expected[name] + (1 - d) * now.double()
+    ema = trainer.ema_model.state_dict()
+    assert ints and all(torch.equal(ema[k], v) for k, v in ints.items())  # num_batches_tracked: not averaged
+    assert "norm.running_mean" in expected and not torch.equal(trainer.model.norm.running_mean, torch.zeros(4))
+    for name, value in expected.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(ema[name].double(), value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_diffusion_loss_trains_the_model_to_predict_the_noise():
+    """A model that recovers ε from x_t by the closed form (x_t - sqrt(ᾱ_t) x_0) / sqrt(1 - ᾱ_t), with ᾱ computed
+    here from the βs, scores 0; one that answers x_0 scores mean((x_0 - ε)²), the same draws replayed by hand."""
+    from sdlesson.train import step_generator
+
+    schedule = NoiseSchedule("linear", num_timesteps=50)
+    alpha_bar = torch.cumprod(1 - schedule.betas, 0)
+    x0 = torch.rand(6, 1, 4, 4) * 2 - 1
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x_t, t):
+            a = alpha_bar[t].view(-1, 1, 1, 1)
+            return ((x_t - a.sqrt() * x0) / (1 - a).sqrt()).float()
+
+    class Clean(torch.nn.Module):
+        def forward(self, x_t, t):
+            return x0
+
+    loss = DiffusionLoss(schedule)
+    assert loss(Oracle(), (x0,), step_generator(0, 4)).item() < 1e-10
+    g = step_generator(0, 4)  # the draws in DiffusionLoss's order: t, then ε
+    torch.randint(0, 50, (6,), generator=g)
+    eps = torch.randn((6, 1, 4, 4), generator=g)
+    torch.testing.assert_close(loss(Clean(), (x0,), step_generator(0, 4)), ((x0 - eps) ** 2).mean())
+
+
+def test_caption_dropout_empties_the_chosen_captions_and_keeps_the_rest():
+    """p_uncond of the captions become empty ones (every token masked but the first); the others are untouched."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x_t, t, context, context_mask):
+            seen.append((context, context_mask))
+            return torch.zeros_like(x_t)
+
+    n = 2000
+    context, mask = torch.randn(n, 5, 3), torch.ones(n, 5, dtype=torch.bool)
+    mask[::2, 3:] = False  # some captions are shorter
+    original = mask.clone()
+    DiffusionLoss(NoiseSchedule("linear"), p_uncond=0.25)(Spy(), (torch.zeros(n, 1, 2, 2), context, mask),
+                                                        torch.Generator().manual_seed(0))
+    got_context, got_mask = seen[0]
+    assert torch.equal(mask, original) and torch.equal(got_context, context)  # the batch itself is not modified
+    dropped = ~got_mask[:, 1:].any(1) & original[:, 1:].any(1)
+    assert 0.22 < dropped.float().mean().item() < 0.28
+    assert got_mask[:, 0].all()  # the first (start) token stays: an empty caption, not no caption
+    assert torch.equal(got_mask[~dropped], original[~dropped])
+    for p, expect in ((0.0, 0), (1.0, n)):
+        seen.clear()
+        DiffusionLoss(NoiseSchedule("linear"), p_uncond=p)(Spy(), (torch.zeros(n, 1, 2, 2), context, mask),
+                                                         torch.Generator().manual_seed(0))
+        assert int((~seen[0][1][:, 1:].any(1)).sum()) == expect

@@ -81,4 +81,5 @@ def test_interactive_image_shows_its_picture_as_a_plain_output_updated_in_place(
     assert "t = 250" in caption.data["text/plain"]
     assert new_picture.update and new_picture.transient == picture.transient
     assert new_picture.data["image/png"] != picture.data["image/png"]
-    assert new_caption.update and new_caption.transient == caption.transient and "t = 999" in new_caption.data["text/plain"]
+    assert new_caption.update and new_caption.transient == caption.transient
+    assert "t = 999" in new_caption.data["text/plain"]

@@ -33,7 +33,8 @@ def test_wheel_holds_checkpoints_and_works_outside_the_repository(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "sdlesson", "data", "jupyter"):
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
+        ignore = {"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}
+        copy(ROOT / name, src / name, **ignore)
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path / "dist")], check=True, env=clean_env())
     (wheel,) = (tmp_path / "dist").glob("sdlesson-*.whl")
