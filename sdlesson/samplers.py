@@ -454,8 +454,8 @@ def make_sampler(name: str, schedule: NoiseSchedule, *, karras: bool = False, **
     cls = SAMPLERS[key]
     if issubclass(cls, SigmaSampler):
         return cls(schedule, karras=karras, **kwargs)
-    if karras:
-        raise ValueError(f"karras=True is for the σ-space samplers "
+    if karras:  # an option this sampler does not take: TypeError, as for any unexpected keyword
+        raise TypeError(f"karras=True is for the σ-space samplers "
                          f"({', '.join(k for k, c in SAMPLERS.items() if issubclass(c, SigmaSampler))}), not {name!r}")
     return cls(schedule, **kwargs)
 

@@ -231,7 +231,7 @@ CLI_CASES = [  # (argv, message fragment): each exits with status 2 and one line
     (["generate", "a red cat"], "unknown word(s) 'red'"),
     (["generate", PROMPT, "--height", "128"], "--height applies only with --model"),
     (["generate", PROMPT, "--model", "/no/such/weights"], "no Stable Diffusion weights at"),
-    (["generate", PROMPT, "--sampler", "euler"], "invalid choice: 'euler'"),
+    (["generate", PROMPT, "--sampler", "lms"], "invalid choice: 'lms'"),
     (["generate", PROMPT, "--num-steps", "ten"], "invalid int value: 'ten'"),
     (["train", "sd15"], "unknown model 'sd15'"),
     (["evaluate", "scene_vae", "--sampler", "ddpm"], "does not use --sampler"),

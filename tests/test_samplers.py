@@ -451,7 +451,7 @@ def test_unet_takes_fractional_timesteps(tiny_unet):
 
 def test_sampler_errors_are_clear():
     schedule = NoiseSchedule("scaled_linear")
-    with pytest.raises(ValueError, match="karras=True is for the σ-space samplers .*not 'ddim'"):
+    with pytest.raises(TypeError, match="karras=True is for the σ-space samplers .*not 'ddim'"):
         make_sampler("ddim", schedule, karras=True)
     assert isinstance(make_sampler("euler_ancestral", schedule), EulerAncestralSampler)
     heun = HeunSampler(schedule)
