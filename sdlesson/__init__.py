@@ -14,7 +14,8 @@ Where each piece lives (lesson, module, main objects):
 
     01 forward diffusion  schedule.py         NoiseSchedule (β_t, ᾱ_t, add_noise), DiffusionLoss, loss_per_timestep
     02 noise predictor    unet.py             UNet, UNetConfig: time embedding, ResBlocks, attention, skips
-                          samplers.py         DDPM and DDIM steps over a list of noise levels; sample(), the loop
+                          samplers.py         a plan of noise levels and a step rule: DDPM, DDIM, Euler (a), Heun,
+                                              DPM-Solver++(2M), uniform or Karras; sample(), the loop
                           train.py            Trainer, TrainConfig: AdamW, EMA, clipping, mixed precision, resume
     03-04 latent space    vae.py, latents.py  VAE, VAEConfig: encoder, decoder, KL; the latent cache and scale
     06 text               text.py             Tokenizer, TextEncoder, CLIP and its loss, encode_prompts
@@ -49,6 +50,8 @@ _EXPORTS = {
     "NoiseSchedule": "schedule", "DiffusionLoss": "schedule", "loss_per_timestep": "schedule",
     "UNet": "unet", "UNetConfig": "unet",
     "sample": "samplers", "make_sampler": "samplers", "DDPMSampler": "samplers", "DDIMSampler": "samplers",
+    "EulerSampler": "samplers", "EulerAncestralSampler": "samplers", "HeunSampler": "samplers",
+    "DPMSolverPP2MSampler": "samplers",
     "Trainer": "train", "TrainConfig": "train",
     "VAE": "vae", "VAEConfig": "vae",
     "Tokenizer": "text", "TextEncoder": "text", "CLIP": "text", "CLIPConfig": "text", "encode_prompts": "text",

@@ -220,7 +220,8 @@ class TextToImage:
         if init_timestep < 1:
             raise ValueError(f"strength {strength:g} × num_steps {num_steps} leaves no step to run "
                              f"(int({num_steps} · {strength:g}) = 0): raise strength or num_steps")
-        timesteps = sampler.timesteps[num_steps - init_timestep:]
+        # (Heun calls the model twice per level: its list starts level k at index k · order, diffusers' t_start · order)
+        timesteps = sampler.timesteps[(num_steps - init_timestep) * sampler.order:]
         shape = (n, self.unet.config.in_channels, height // f, width // f)  # (N, 4, h, w)
         if latents is not None and tuple(check_float_tensor("latents", latents, dims=4).shape) != shape:
             raise ValueError(f"latents must have the shape {shape}, got {describe(latents)}")

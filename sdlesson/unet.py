@@ -69,6 +69,8 @@ class UNetConfig:
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Sinusoidal embedding of t (Transformer positions, as in DDPM): (B,) -> (B, dim).
 
+    t may be fractional (Karras plans call the UNet between training steps); integer t embeds exactly as before.
+
     emb[i] = cos(t · ω_i), emb[dim/2 + i] = sin(t · ω_i), with ω_i = max_period^(-i / (dim/2)).
     """
     half = dim // 2
@@ -287,7 +289,7 @@ class UNet(nn.Module):
         emb = self.time_mlp(timestep_embedding(t, self.config.block_channels[0]))  # (B, emb_dim)
         if self.class_emb is not None:
             if class_labels is None:  # unconditional: the "no class" row
-                class_labels = torch.full_like(t, self.config.num_classes)
+                class_labels = torch.full(t.shape, self.config.num_classes, device=t.device)  # long, whatever t is
             emb = emb + self.class_emb(class_labels)
 
         h = self.conv_in(x)  # (B, ch[0], H, W)

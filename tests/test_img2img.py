@@ -90,6 +90,26 @@ def test_img2img_ddpm_equals_diffusers(pipelines):
     assert (mine - nchw(ref)).abs().max() <= TOLERANCE
 
 
+@pytest.mark.parametrize("name, karras", [("heun", False), ("dpmpp_2m", True), ("euler", False)])
+def test_img2img_with_sigma_space_samplers_equals_diffusers(pipelines, name, karras):
+    """Starting mid-plan: Heun's list holds each level twice (start = k · order), DPM++ starts first order."""
+    import diffusers
+
+    ours, theirs = pipelines
+    cls = {"heun": "HeunDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
+           "euler": "EulerDiscreteScheduler"}[name]
+    scheduler = getattr(diffusers, cls)(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                        use_karras_sigmas=karras)  # ours: linspace spacing, as diffusers' default
+    pipe = diffusers.StableDiffusionImg2ImgPipeline(**(theirs["img2img"].components | {"scheduler": scheduler}))
+    pipe.set_progress_bar_config(disable=True)
+    image = init_images(1, seed=2)
+    mine = ours(PROMPT, num_images=1, init_image=image, strength=0.6, num_steps=10, seed=5,
+                sampler=ours.make_sampler(name, karras=karras), output_type="float")
+    ref = pipe(PROMPT, image=as_theirs(image), strength=0.6, num_inference_steps=10, output_type="np",
+               generator=torch.Generator().manual_seed(5)).images
+    assert (mine - nchw(ref)).abs().max() <= TOLERANCE
+
+
 @pytest.mark.parametrize("strength", [1.0, 0.7])
 def test_inpainting_equals_diffusers_with_a_four_channel_unet(pipelines, strength):
     ours, theirs = pipelines
