@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from sdlesson import evaluate as ev
+from sdlesson import reports as ev  # the evaluate_* reports; they read training_scenes and prompt_set from here
 from sdlesson import pretrained, recipes
 from sdlesson.checkpoint import read_metadata
 
