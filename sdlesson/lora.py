@@ -304,7 +304,38 @@ def read_sd_lora(path_or_state) -> dict[tuple[str, str], dict]:
     half = [k for k, v in out.items() if "down" not in v or "up" not in v]
     if half:
         raise ValueError(f"{where}: layer(s) {[n for _, n in half[:3]]} have a down or an up matrix but not both")
+    configs = {} if isinstance(path_or_state, dict) else peft_configs(Path(path_or_state))
+    for (part, name), e in out.items():
+        if e.get("alpha") is None and part in configs:
+            e["alpha"] = peft_alpha(configs[part], name, rank=e["down"].shape[0])
     return out
+
+
+def peft_configs(path: Path) -> dict[str, dict]:
+    """The LoraConfig diffusers writes into a .safetensors' metadata ("lora_adapter_metadata": {"unet.lora_alpha":
+    8, "unet.r": 4, …}), by part; {} when there is none (α is then r, as diffusers assumes)."""
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        raw = (f.metadata() or {}).get("lora_adapter_metadata")
+    configs: dict[str, dict] = {}
+    for key, value in (json.loads(raw) if raw else {}).items():
+        part, _, field = key.partition(".")
+        configs.setdefault(part, {})[field] = value
+    for part, config in configs.items():
+        if config.get("use_dora"):
+            raise ValueError(f"{path.name}: the {part} adapters are DoRA (use_dora), not plain LoRA")
+    return configs
+
+
+def peft_alpha(config: dict, name: str, *, rank: int) -> float:
+    """α for one layer as peft computes its scale: alpha_pattern's first key that ends the layer's name, else
+    lora_alpha; rsLoRA scales by α / √r, written here as the α' with α' / r = α / √r."""
+    pattern = next((p for p in config.get("alpha_pattern") or {} if re.match(rf"(.*\.)?({p})$", name)), None)
+    alpha = float(config["alpha_pattern"][pattern] if pattern else config.get("lora_alpha", rank))
+    return alpha * math.sqrt(rank) if config.get("use_rslora") else alpha
 
 
 def _course_name(part: str, name: str) -> tuple[str, int | None]:

@@ -211,6 +211,38 @@ def test_sd_lora_image_equals_diffusers(snapshot, tmp_path, layout, merge):
     assert (mine - ref).abs().max() <= TOLERANCE
 
 
+def test_file_saved_by_diffusers_with_its_config(snapshot, tmp_path):
+    """What diffusers' training scripts write: peft adapters with lora_alpha, alpha_pattern, rank_pattern and rsLoRA
+    in the file's metadata, and transformers 5's text keys without "text_model."."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    from sdlesson.generate import TextToImage
+
+    unet, _, text = reference_models(seed=3)
+    torch.manual_seed(0)
+    config_unet = LoraConfig(r=2, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in"],
+                             init_lora_weights=False, alpha_pattern={"proj_in": 2}, rank_pattern={"to_v": 3})
+    unet.add_adapter(config_unet)
+    config_text = LoraConfig(r=4, lora_alpha=2, target_modules=["q_proj", "v_proj", "fc1"], init_lora_weights=False,
+                             use_rslora=True)
+    text = inject_adapter_in_model(config_text, text)
+    theirs = diffusers_pipeline(snapshot)
+    theirs.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(unet),
+                             text_encoder_lora_layers=get_peft_model_state_dict(text),
+                             unet_lora_adapter_metadata=config_unet.to_dict(),
+                             text_encoder_lora_adapter_metadata=config_text.to_dict())
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    theirs.load_lora_weights(str(path), adapter_name="x")
+    ours = TextToImage.from_stable_diffusion(snapshot)
+    L.load_sd_lora(ours, path, scale=0.8)
+    base = TextToImage.from_stable_diffusion(snapshot)
+    mine, ref = images(ours, theirs, scale=0.8)
+    err = (mine - ref).abs().max()
+    print(f"diffusers-saved file with its LoraConfig: max |ours - diffusers| = {err:.2e}")
+    assert (ref - images(base, theirs, scale=0.0)[0]).abs().max() > 100 * TOLERANCE and err <= TOLERANCE
+
+
 def test_sd_lora_errors(snapshot):
     from sdlesson.stable_diffusion import load_stable_diffusion
 
