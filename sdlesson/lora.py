@@ -43,7 +43,8 @@ class LoRA(nn.Module):
         super().__init__()
         self.base, self.down, self.up = base, down, up
         self.rank, self.alpha, self.scale = rank, float(alpha), 1.0
-        self.merged: torch.Tensor | None = None  # W before merging, kept so that unmerging is exact
+        self.merged = False
+        self.saved: torch.Tensor | None = None  # W before an exact merge, so that unmerging gives it back bit for bit
         nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))  # A as peft initialises it (nn.Linear's default)
         nn.init.zeros_(up.weight)  # B = 0: the adapted layer starts as the base layer
         self.down.to(base.weight), self.up.to(base.weight)
@@ -58,24 +59,29 @@ class LoRA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.merged is not None or self.scale == 0:
+        if self.merged or self.scale == 0:
             return y
         return y + self.factor * self.up(self.down(x))  # W x + b + (α / r) · s · B (A x)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        if self.merged is None:
-            self.merged = self.base.weight.detach().clone()
+    def merge(self, *, exact: bool = True) -> None:
+        """W' = W + ΔW. exact: keep a copy of W for unmerge (memory: one more W); else unmerge subtracts ΔW."""
+        if not self.merged:
+            self.saved = self.base.weight.detach().clone() if exact else None
             self.base.weight += self.delta_weight().to(self.base.weight)  # W' = W + (α / r) · s · B A
+            self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged is not None:
-            self.base.weight.copy_(self.merged)  # the saved W, bit for bit (W' - ΔW would round)
-            self.merged = None
+        if self.merged:
+            if self.saved is not None:
+                self.base.weight.copy_(self.saved)  # the saved W, bit for bit
+            else:
+                self.base.weight -= self.delta_weight().to(self.base.weight)  # W' - ΔW: W up to rounding
+            self.merged, self.saved = False, None
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged is not None}"
+        return f"rank={self.rank}, alpha={self.alpha:g}, scale={self.scale:g}, merged={self.merged}"
 
 
 class LoRALinear(LoRA):
@@ -157,16 +163,18 @@ def remove_lora(model: nn.Module) -> None:
 def set_lora_scale(model: nn.Module, scale: float) -> None:
     """s in (α / r) · s · B A, for every adapter (a merged model is unmerged and merged again at the new scale)."""
     for layer in lora_layers(model).values():
-        was_merged = layer.merged is not None
+        was_merged, exact = layer.merged, layer.saved is not None
         layer.unmerge()
         layer.scale = float(scale)
         if was_merged:
-            layer.merge()
+            layer.merge(exact=exact)
 
 
-def merge_lora(model: nn.Module) -> None:
+def merge_lora(model: nn.Module, *, exact: bool = True) -> None:
+    """Fold every adapter into its weight (same outputs, no extra cost per call); exact: unmerge restores W bit for
+    bit (a copy of each adapted W is kept), else up to rounding (W' - ΔW)."""
     for layer in lora_layers(model).values():
-        layer.merge()
+        layer.merge(exact=exact)
 
 
 def unmerge_lora(model: nn.Module) -> None:
@@ -366,7 +374,8 @@ def load_sd_lora(sd, path_or_state, *, scale: float = 1.0, merge: bool = False) 
     """A LoRA shared for SD v1.5 (kohya or diffusers layout) onto the course's SD networks, as live adapters.
 
     sd: a StableDiffusion (or anything with .unet and .text_encoder, e.g. a TextToImage on SD weights: its text side's
-    encoder is used). scale: s; merge: fold the adapters into the weights (unmerge_lora restores them exactly).
+    encoder is used). scale: s; merge: fold the adapters into the weights; unmerge_lora then subtracts them again
+    (W back up to rounding: an exact copy of every adapted SD weight would cost up to 1.4 GB in fp32)
     Every layer is found and every shape checked before any adapter is added. Returns the adapted layers' names."""
     unet = sd.unet
     text = sd.text_encoder if hasattr(sd, "text_encoder") else sd.text.text_encoder
@@ -403,7 +412,7 @@ def load_sd_lora(sd, path_or_state, *, scale: float = 1.0, merge: bool = False) 
         _replace(model, course, layer)
         names.append(f"{part}.{course}")
     if merge:
-        merge_lora(unet), merge_lora(text)
+        merge_lora(unet, exact=False), merge_lora(text, exact=False)
     return names
 
 

@@ -209,6 +209,10 @@ def test_sd_lora_image_equals_diffusers(snapshot, tmp_path, layout, merge):
           f"LoRA effect {(ref - base).abs().max():.2e}")
     assert (ref - base).abs().max() > 100 * TOLERANCE  # the LoRA changes the image, so the comparison means something
     assert (mine - ref).abs().max() <= TOLERANCE
+    if merge:  # unmerged (W' - ΔW) and at scale 0: the base model's image again, up to rounding
+        for net in (ours.unet, ours.text.text_encoder):
+            L.unmerge_lora(net), L.set_lora_scale(net, 0)
+        assert (images(ours, theirs, scale=0.0)[0] - base).abs().max() <= 1e-5
 
 
 def test_file_saved_by_diffusers_with_its_config(snapshot, tmp_path):
