@@ -378,7 +378,10 @@ def load_sd_lora(sd, path_or_state, *, scale: float = 1.0, merge: bool = False) 
     (W back up to rounding: an exact copy of every adapted SD weight would cost up to 1.4 GB in fp32)
     Every layer is found and every shape checked before any adapter is added. Returns the adapted layers' names."""
     unet = sd.unet
-    text = sd.text_encoder if hasattr(sd, "text_encoder") else sd.text.text_encoder
+    text = getattr(sd, "text_encoder", None) or getattr(getattr(sd, "text", None), "text_encoder", None)
+    if text is None:
+        raise TypeError(f"load_sd_lora expects Stable Diffusion's networks (a StableDiffusion, or a TextToImage made "
+                        f"by from_stable_diffusion), got {type(sd).__name__}; for the course's model use load_lora")
     models = {"unet": unet, "text_encoder": text}
     entries = read_sd_lora(path_or_state)
     plan: dict[tuple[str, str], list] = {}  # (part, course layer) -> [(third or None, A, B · α/r)]

@@ -66,8 +66,12 @@ def load_textual_inversion(sd, path_or_state, *, token: str | None = None) -> li
 
     sd: a StableDiffusion, or a TextToImage on SD weights (its text side is used). Returns the tokens added:
     [token] or [token, token_1, …] for an (n, d) embedding; prompts use `token` alone."""
-    tokenizer, text = (sd.tokenizer, sd.text_encoder) if hasattr(sd, "text_encoder") else \
-        (sd.text.tokenizer, sd.text.text_encoder)
+    side = sd if hasattr(sd, "text_encoder") else getattr(sd, "text", None)
+    if not hasattr(side, "text_encoder") or not hasattr(side.tokenizer, "add_tokens"):
+        raise TypeError(f"load_textual_inversion expects Stable Diffusion's text side (a StableDiffusion, or a "
+                        f"TextToImage made by from_stable_diffusion), got {type(sd).__name__}; for the course's "
+                        "model, finetune.add_word adds a word")
+    tokenizer, text = side.tokenizer, side.text_encoder
     token, vectors = read_embedding(path_or_state, token=token)
     width = text.token_embedding.embedding_dim
     if vectors.shape[1] != width:

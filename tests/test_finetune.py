@@ -86,3 +86,9 @@ def test_finetune_errors(concept):
         F.finetune(model, latents, captions[:2])
     with pytest.raises(ValueError, match="already a word"):
         F.add_word(model.clip, "fish")
+    from sdlesson.textual_inversion import load_textual_inversion
+
+    with pytest.raises(TypeError, match="load_lora"):  # SD's loaders refuse the course's model, saying what fits
+        L.load_sd_lora(model, {})
+    with pytest.raises(TypeError, match="add_word"):
+        load_textual_inversion(model, {})
