@@ -215,6 +215,29 @@ def test_sd_lora_image_equals_diffusers(snapshot, tmp_path, layout, merge):
         assert (images(ours, theirs, scale=0.0)[0] - base).abs().max() <= 1e-5
 
 
+def test_kohya_locon_3x3_convs_equal_diffusers(snapshot, tmp_path):
+    """kohya's LoCon: adapters on the resnets' 3×3 convs too (A a 3×3 conv to r channels, B a 1×1 conv)."""
+    from safetensors.torch import save_file
+
+    from sdlesson.generate import TextToImage
+
+    theirs, g, state = diffusers_pipeline(snapshot), torch.Generator().manual_seed(0), {}
+    for name, m in theirs.unet.named_modules():
+        if isinstance(m, nn.Conv2d) and re.search(r"resnets\.\d\.conv[12]$", name):
+            key = "lora_unet_" + name.replace(".", "_")
+            state |= {f"{key}.lora_down.weight": torch.randn(2, m.in_channels, 3, 3, generator=g) * 0.1,
+                      f"{key}.lora_up.weight": torch.randn(m.out_channels, 2, 1, 1, generator=g) * 0.1,
+                      f"{key}.alpha": torch.tensor(1.0)}
+    save_file(state, str(path := tmp_path / "locon.safetensors"))
+    theirs.load_lora_weights(str(path), adapter_name="x")
+    ours = TextToImage.from_stable_diffusion(snapshot)
+    base, _ = images(ours, theirs, scale=0.0)
+    assert len(L.load_sd_lora(ours, path, scale=0.8)) == len(state) // 3
+    mine, ref = images(ours, theirs, scale=0.8)
+    print(f"kohya LoCon 3×3: max |ours - diffusers| = {(mine - ref).abs().max():.2e}")
+    assert (ref - base).abs().max() > 100 * TOLERANCE and (mine - ref).abs().max() <= TOLERANCE
+
+
 def test_file_saved_by_diffusers_with_its_config(snapshot, tmp_path):
     """What diffusers' training scripts write: peft adapters with lora_alpha, alpha_pattern, rank_pattern and rsLoRA
     in the file's metadata, and transformers 5's text keys without "text_model."."""
