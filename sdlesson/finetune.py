@@ -15,12 +15,15 @@ Both minimise the training loss the UNet was trained with, ‖ε - ε_θ(x_t, t,
     latents = encode_concept(images)
     history = finetune(model, latents, captions, method="textual_inversion", steps=300, seed=0)
     model("a large turtle in the center on a pink background")
+    save_word(model.clip, "turtle", "turtle.safetensors")     # textual inversion: the row alone, 0.3 KB
+    lora.save_lora(model.unet, "turtle-lora.safetensors")     # LoRA: the adapters alone, about 350 KB at rank 4
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,6 +98,28 @@ def add_word(clip, word: str, *, init: str = INIT_WORD) -> int:
     add_token_rows(clip.text, row[None])
     clip.config = clip.text.config = dataclasses.replace(config, vocab=config.vocab + (word,))  # id = the new row
     return clip.config.tokenizer().ids[word]
+
+
+def save_word(clip, word: str, path) -> Path:
+    """A learned word as diffusers' learned_embeds.safetensors: {word: its embedding row (1, width)}."""
+    from .textual_inversion import save_embedding
+
+    if word not in clip.config.vocab:
+        raise ValueError(f"{word!r} is not a word of this model's vocabulary")
+    return save_embedding(path, word, clip.text.token_embedding.weight[clip.config.tokenizer().ids[word]][None])
+
+
+def load_word(clip, path) -> str:
+    """A word saved by save_word onto the course's CLIP: added to the vocabulary with its learned row."""
+    from .textual_inversion import read_embedding
+
+    word, vectors = read_embedding(path)
+    if vectors.shape != (1, clip.config.width):
+        raise ValueError(f"{path}: expected one vector of width {clip.config.width}, got {tuple(vectors.shape)}")
+    new_id = add_word(clip, word, init=clip.config.vocab[0])
+    with torch.no_grad():
+        clip.text.token_embedding.weight[new_id] = vectors[0]
+    return word
 
 
 def finetune(model, latents: torch.Tensor, captions: list[str], *, method: str = "textual_inversion",

@@ -33,7 +33,7 @@ def test_concept_scenes_are_new_and_reproducible(concept):
     assert not torch.equal(F.concept_scenes(6, seed=1)[0], images)
 
 
-def test_textual_inversion_trains_one_row(concept):
+def test_textual_inversion_trains_one_row(concept, tmp_path):
     _, captions, latents = concept
     model = TextToImage.from_pretrained()
     new_id = F.add_word(model.clip, F.NEW_WORD)
@@ -47,6 +47,10 @@ def test_textual_inversion_trains_one_row(concept):
     rows = (snapshot(model)[changed[0]] != weights[changed[0]]).any(1).nonzero().flatten().tolist()
     assert rows == [new_id]  # the new word's row, and no other
     model(captions[0], num_images=1, num_steps=2)  # generates with the new word
+    fresh = TextToImage.from_pretrained()
+    assert F.load_word(fresh.clip, F.save_word(model.clip, F.NEW_WORD, tmp_path / "turtle.safetensors")) == F.NEW_WORD
+    with torch.no_grad():
+        assert torch.equal(fresh.encode(captions)[0], model.encode(captions)[0])  # the word, as learned
 
 
 def test_lora_trains_only_adapters(concept, tmp_path):
