@@ -183,3 +183,33 @@ def concept_loss(model, latents: torch.Tensor, captions: list[str], *, draws: in
     context = model.clip.text(ids.to(model.device))
     loss_fn, generator = DiffusionLoss(NoiseSchedule(model.schedule.name)), torch.Generator().manual_seed(seed)
     return sum(float(loss_fn(model.unet, (latents, context, mask), generator)) for _ in range(draws)) / draws
+
+
+# --- the files the command line writes and generate --lora / --embedding reads ------------------------------------
+
+def _adapted(model):
+    """The UNet and the text encoder under one name space ('unet.…', 'text.…'), so one LoRA file holds both."""
+    return torch.nn.ModuleDict({"unet": model.unet, "text": model.clip.text})
+
+
+def save_lora_word(model, path, *, word: str = NEW_WORD, init: str = INIT_WORD, config: dict | None = None) -> Path:
+    """A LoRA fine-tune of the course's model: its adapters, and the word (whose row is `init`'s) in the metadata."""
+    return L.save_lora(_adapted(model), path, config={"word": word, "init": init} | (config or {}))
+
+
+def lora_word(path) -> str | None:
+    """The word a LoRA file from save_lora_word teaches (read from its metadata alone, no tensors loaded)."""
+    return L.read_lora_config(path).get("word")
+
+
+def load_lora_word(model, path, *, scale: float = 1.0, merge: bool = False) -> str:
+    """A file from save_lora_word onto the course's TextToImage: the word added as it was trained, the adapters
+    loaded at `scale` (merged into W when merge=True). Returns the word."""
+    config = L.read_lora_config(path)
+    word = config.get("word")
+    if word is None:
+        raise ValueError(f"{path}: a LoRA file without a word; save it with finetune.save_lora_word")
+    if word not in model.clip.config.vocab:
+        add_word(model.clip, word, init=config.get("init", INIT_WORD))
+    L.load_lora(_adapted(model), path, scale=scale, merge=merge)
+    return word
