@@ -213,3 +213,131 @@ def load_lora_word(model, path, *, scale: float = 1.0, merge: bool = False) -> s
         add_word(model.clip, word, init=config.get("init", INIT_WORD))
     L.load_lora(_adapted(model), path, scale=scale, merge=merge)
     return word
+
+
+# --- measuring the new word: is it the new object, does it compose, what did the model forget -----------------------
+
+IDENTITY_SEED, IDENTITY_TEST_SEED = 9100, 9200  # renders for the identity templates, and fresh ones to validate them
+IDENTITY_CLASSES = scenes.OBJECTS + (NEW_WORD,)
+
+
+def round_trip(images: torch.Tensor) -> torch.Tensor:
+    """uint8 scenes through the shipped VAE (encoder, fine-tuned decoder): what a sample can look like at best."""
+    from . import pretrained as pre
+    from .latents import reconstruct
+
+    x = reconstruct(pre.load_pretrained("scene_vae_decoder"), images)
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _renders(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE round trips of n renders of each old object (any background, position, size) and of the new glyph."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for k, obj in enumerate(scenes.OBJECTS):
+        chosen = [scenes.Scene(obj, str(rng.choice(scenes.BACKGROUNDS)), str(rng.choice(scenes.POSITIONS)),
+                               str(rng.choice(scenes.SIZES))) for _ in range(n_per_class)]
+        rendered = np.stack([scenes.render(s, jitter_rng=rng) for s in chosen])
+        images.append(torch.from_numpy(rendered).permute(0, 3, 1, 2))
+        labels += [k] * n_per_class
+    images.append(concept_scenes(n_per_class, seed=seed)[0])
+    labels += [len(scenes.OBJECTS)] * n_per_class
+    return round_trip(torch.cat(images)), torch.tensor(labels)
+
+
+class IdentityProbe(torch.nn.Module):
+    """Which object a scene shows, the world's eight or the new one: a linear layer (64 × 9 numbers) on the frozen
+    scene judge's features, fitted to VAE round trips of renders. The judge itself never saw the new object."""
+
+    def __init__(self, judge, mean: torch.Tensor, std: torch.Tensor, linear: torch.nn.Linear):
+        super().__init__()
+        self.judge, self.linear = judge, linear
+        self.register_buffer("mean", mean), self.register_buffer("std", std)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 scenes (N, 3, 64, 64) -> index into IDENTITY_CLASSES (N,)."""
+        from .classifier import extract_features
+
+        return self.linear((extract_features(self.judge, images) - self.mean) / self.std).argmax(1)
+
+
+def identity_probe(judge, *, n_per_class: int = 40, seed: int = IDENTITY_SEED, l2: float = 1e-3) -> IdentityProbe:
+    """Fit the probe: multinomial logistic regression (cross-entropy + l2·|W|², L-BFGS) on standardised features."""
+    from .classifier import extract_features
+
+    images, labels = _renders(n_per_class, seed)
+    features = extract_features(judge, images)
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    x, linear = (features - mean) / std, torch.nn.Linear(features.shape[1], len(IDENTITY_CLASSES))
+    torch.nn.init.zeros_(linear.weight), torch.nn.init.zeros_(linear.bias)
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(x), labels) + l2 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return IdentityProbe(judge, mean, std, linear.requires_grad_(False))
+
+
+def shows_new_object(probe: IdentityProbe, images: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: does the probe see the new object?"""
+    return probe(images) == len(IDENTITY_CLASSES) - 1
+
+
+def identity_accuracy(probe: IdentityProbe, *, n_per_class: int = 40, seed: int = IDENTITY_TEST_SEED) -> dict:
+    """The identity measure on fresh real renders (VAE round trips, a seed the probe was not fitted on): how often
+    it finds the new object where it is (recall), calls an old object the new one (false alarms), and 9-way accuracy."""
+    images, labels = _renders(n_per_class, seed)
+    found, new = probe(images), len(IDENTITY_CLASSES) - 1
+    return {"new object found": (found[labels == new] == new).float().mean().item(),
+            "old objects called new": (found[labels != new] == new).float().mean().item(),
+            "9-way accuracy": (found == labels).float().mean().item(), "renders": len(images)}
+
+
+def share(hits: torch.Tensor) -> tuple[float, float]:
+    """A rate and its standard error √(p(1-p)/n)."""
+    p = hits.float().mean().item()
+    return p, (p * (1 - p) / len(hits)) ** 0.5
+
+
+def concept_prompts(*, word: str = NEW_WORD, seen: list[str] | None = None) -> tuple[list[str], torch.Tensor]:
+    """Every (size, position, background) for the word (60 prompts) and whether each is absent from `seen`
+    (the training captions): composition is the new word in places the few pictures never showed it."""
+    prompts = [f"a {size} {word} in the {pos} on a {bg} background"
+               for bg in scenes.BACKGROUNDS for pos in scenes.POSITIONS for size in scenes.SIZES]
+    return prompts, torch.tensor([p not in set(seen or []) for p in prompts])
+
+
+@torch.no_grad()
+def concept_report(pipe, probe: IdentityProbe, prompts: list[str], *, seed: int = 0,
+                   guidance_scale: float = 3.0, num_steps: int = 25) -> dict:
+    """One sample per prompt: (N,) bool tensors: identity (the new object's template is nearest), and the judge's
+    background / position / size matching the prompt (its heads read those of any object)."""
+    from .evaluate import judge_scenes
+
+    images = pipe(prompts, seed=seed, guidance_scale=guidance_scale, num_steps=num_steps)
+    labels = judge_scenes(probe.judge, images)[0]
+    asked = torch.tensor([[scenes.BACKGROUNDS.index(p.split(" on a ")[1].split()[0]),
+                           scenes.POSITIONS.index(p.split(" in the ")[1].split(" on a ")[0]),
+                           scenes.SIZES.index(p.split()[1])] for p in prompts])
+    report = {"identity": shows_new_object(probe, images)}
+    report |= {a: labels[:, k + 1] == asked[:, k] for k, a in enumerate(("background", "position", "size"))}
+    return report | {"images": images}
+
+
+def forgetting(before: torch.Tensor, after: torch.Tensor) -> dict:
+    """Per-attribute adherence on the old vocabulary, before and after, from prompt_adherence's (N, 4) bools of the
+    same prompts and seeds; the change's standard error from the paired differences."""
+    from .evaluate import ATTRIBUTES
+
+    out = {}
+    for k, name in enumerate(ATTRIBUTES + ("all four",)):
+        b, a = (before[:, k], after[:, k]) if k < 4 else (before.all(1), after.all(1))
+        d = a.float() - b.float()
+        out[name] = {"before": share(b), "after": share(a),
+                     "change": (d.mean().item(), d.std().item() / len(d) ** 0.5 if len(d) > 1 else 0.0)}
+    return out

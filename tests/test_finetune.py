@@ -96,3 +96,26 @@ def test_finetune_errors(concept):
         L.load_sd_lora(model, {})
     with pytest.raises(TypeError, match="add_word"):
         load_textual_inversion(model, {})
+
+
+def test_identity_probe_tells_the_new_object_from_the_old():
+    """The measure behind 'samples of the new word show the new object': a linear probe on the frozen judge's
+    features, validated on fresh real renders (VAE round trips) it was not fitted on."""
+    from sdlesson import pretrained as pre
+
+    probe = F.identity_probe(pre.load_pretrained("scene_judge"), n_per_class=20)
+    acc = F.identity_accuracy(probe, n_per_class=20)
+    print(acc)
+    assert acc["new object found"] >= 0.8 and acc["old objects called new"] <= 0.05 and acc["9-way accuracy"] >= 0.9
+    images, _ = F.concept_scenes(4, seed=5)
+    assert F.shows_new_object(probe, F.round_trip(images)).all()
+
+
+def test_forgetting_table_pairs_the_prompts():
+    before = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    after = before.clone()
+    after[0, 0] = False  # one object forgotten
+    table = F.forgetting(before, after)
+    assert table["object"]["before"][0] == 0.75 and table["object"]["after"][0] == 0.5
+    assert table["object"]["change"] == (-0.25, 0.25)  # paired: mean of (0,0,0,-1) = -1/4, sd 1/2 over √4
+    assert table["all four"]["before"][0] == 0.25 and table["background"]["change"] == (0.0, 0.0)
