@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,6 +15,7 @@ from sdlesson import finetune as F
 from sdlesson import lora as L
 from sdlesson.cli import main
 from sdlesson.generate import TextToImage
+from sdlesson.viz import image_grid
 
 PROMPT = "a large turtle in the center on a pink background"
 
@@ -99,3 +101,20 @@ def test_a_file_of_the_wrong_kind(files):
     result = cli("generate", PROMPT, "--lora", str(files / "l.safetensors"),
                  "--embedding", str(files / "t.safetensors"))
     assert result.returncode == 2 and "the same word" in result.stderr
+
+
+def test_lora_scale_explorer_moves_the_adapters(files):
+    from sdlesson.viz import lora_scale_explorer
+
+    model = TextToImage.from_pretrained()
+    F.load_lora_word(model, files / "l.safetensors")
+    app = lora_scale_explorer(model, num_images=2)
+    assert "LoRA scale 1.00" in app.caption
+    at_one = app.image.copy()
+    app.controls["lora_scale"].value = 0.0
+    assert {m.scale for m in L.lora_layers(model.unet).values()} == {0.0} and "LoRA scale 0.00" in app.caption
+    assert not np.array_equal(app.image, at_one)
+    L.remove_lora(model.unet)  # scale 0 is the base model, exactly
+    np.testing.assert_array_equal(app.image, image_grid(model(PROMPT, num_images=2, seed=0), nrow=2, pad=2))
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        lora_scale_explorer(model)
