@@ -147,6 +147,8 @@ def finetune(args, parser) -> None:
         parser.error("--rank and --text-lora apply to lora; textual inversion trains one embedding row")
     if args.seed < 0:
         parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.prior <= 1000:
+        parser.error(f"--prior must be from 0 to 1000 scenes of the old words, got {args.prior}")
     if not (args.word.isalpha() and args.word == args.word.lower()) or args.word in pre.SCENE_CLIP.vocab:
         parser.error(f"--word must be one lower-case word of letters the model does not know yet, got {args.word!r}")
     out = Path(args.out or f"{args.word}-{args.method.replace('_', '-')}.safetensors")
@@ -159,17 +161,24 @@ def finetune(args, parser) -> None:
     from .generate import TextToImage
 
     images, captions = F.concept_scenes(args.pictures, seed=args.seed, word=args.word)
+    if args.prior:  # prior preservation (DreamBooth): scenes of the old words trained beside the new ones
+        from .scenes import make_scenes
+
+        old_images, old_captions, _ = make_scenes(args.prior, seed=args.seed + 1)
+        images, captions = torch.cat([images, old_images]), captions + old_captions
     model = TextToImage.from_pretrained(device=device)
     latents = F.encode_concept(images.to(device))
-    print(f"{args.method}: {args.pictures} pictures of {args.word!r} (e.g. {captions[0]!r}), {args.steps} steps on "
-          f"{device}", flush=True)
+    print(f"{args.method}: {args.pictures} pictures of {args.word!r} (e.g. {captions[0]!r})"
+          + (f" + {args.prior} of the old words" if args.prior else "") + f", {args.steps} steps on {device}",
+          flush=True)
     start = time.process_time(), time.perf_counter()
     history = F.finetune(model, latents, captions, method=args.method, steps=args.steps, lr=args.lr, rank=args.rank,
                          text_lora=args.text_lora, word=args.word, seed=args.seed)
     cpu, wall = time.process_time() - start[0], time.perf_counter() - start[1]
     curve = loss_curve(history["loss"], max(1, args.steps // 10))
     meta = {"command": "python -m sdlesson " + " ".join(sys.argv[1:]), "steps": args.steps, "pictures": args.pictures,
-            "seed": args.seed, "lr": args.lr or FINETUNE_LR[args.method], "parameters": history["parameters"],
+            "prior": args.prior, "seed": args.seed, "lr": args.lr or FINETUNE_LR[args.method],
+            "parameters": history["parameters"],
             "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "hardware": device_name(device),
             "loss_curve": curve}
     if args.method == "lora":
@@ -336,6 +345,8 @@ def main(argv=None) -> None:
     p.add_argument("--rank", type=int, default=4, help="lora: the adapters' rank r (default: 4)")
     p.add_argument("--text-lora", action="store_true", help="lora: adapt the text encoder's attention too")
     p.add_argument("--pictures", type=int, default=12, help="rendered pictures of the new object (default: 12)")
+    p.add_argument("--prior", type=int, default=0,
+                   help="scenes of the old words trained beside (prior preservation; default 0)")
     p.add_argument("--word", default="turtle", help="the new word (default: turtle, an OpenMoji glyph the world lacks)")
     p.add_argument("--seed", type=int, default=0, help="pictures, noise draws and adapter init (default: 0)")
     p.add_argument("--out", help="a .safetensors file (default: ./WORD-METHOD.safetensors)")

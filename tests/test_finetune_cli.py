@@ -78,6 +78,7 @@ def test_generate_loads_the_files(files, capsys):
     (["finetune", "lora", "--lr", "-1"], "--lr must be a finite number > 0"),
     (["finetune", "textual_inversion", "--text-lora"], "apply to lora"),
     (["finetune", "lora", "--word", "fish"], "--word must be one lower-case word"),
+    (["finetune", "lora", "--prior", "-1"], "--prior must be from 0 to 1000"),
     (["finetune", "lora", "--out", "x.pt"], "--out must be a .safetensors file"),
     (["finetune", "dreambooth"], "invalid choice"),
     (["generate", PROMPT, "--lora", "missing.safetensors"], "--lora: no file at"),
