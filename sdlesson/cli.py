@@ -7,6 +7,8 @@
     python -m sdlesson generate "a large cat face in the center on a blue background" --seed 1 --out cat.png
     python -m sdlesson generate "a large cat face in the center on a pink background" --init-image cat.png --strength .6
     python -m sdlesson generate "a large dog face in the center on a blue background" --init-image cat.png --mask m.png
+    python -m sdlesson finetune lora --steps 400 --out turtle-lora.safetensors     # teach it "turtle" (lesson 09)
+    python -m sdlesson generate "a large turtle in the center on a pink background" --lora turtle-lora.safetensors
 
 `train` makes a model from its recipe (sdlesson/recipes.py), keeps its full state (weights, EMA, optimizer, loss
 history) in runs/NAME.train.safetensors and resumes from it when run again; when done it writes the EMA weights
@@ -173,6 +175,105 @@ def init_image_and_mask(args, parser, size: tuple[int, int]):
     return image, None if mask is None else as_tensor(mask.resize((width, height), Image.NEAREST))  # (1, 1, H, W)
 
 
+FINETUNE_LR = {"textual_inversion": 5e-3, "lora": 1e-3}  # finetune.finetune's defaults, shown in --help
+
+
+def finetune(args, parser) -> None:
+    """Teach the course's model a new word from rendered pictures of a new glyph: every input checked first."""
+    from .checks import check_device
+
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if not 1 <= args.pictures <= 1000:
+        parser.error(f"--pictures must be from 1 to 1000, got {args.pictures}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.rank < 1:
+        parser.error(f"--rank must be >= 1, got {args.rank}")
+    if args.method != "lora" and (args.text_lora or args.rank != 4):
+        parser.error("--rank and --text-lora apply to lora; textual inversion trains one embedding row")
+    if args.seed < 0:
+        parser.error(f"--seed must be >= 0, got {args.seed}")
+    if not 0 <= args.prior <= 1000:
+        parser.error(f"--prior must be from 0 to 1000 scenes of the old words, got {args.prior}")
+    if not (args.word.isalpha() and args.word == args.word.lower()) or args.word in pre.SCENE_CLIP.vocab:
+        parser.error(f"--word must be one lower-case word of letters the model does not know yet, got {args.word!r}")
+    out = Path(args.out or f"{args.word}-{args.method.replace('_', '-')}.safetensors")
+    if out.suffix != ".safetensors" or not out.parent.is_dir():
+        parser.error(f"--out must be a .safetensors file in an existing folder, got {str(out)!r}")
+    device = check_device(args.device) if args.device else pick_device()
+    import time
+
+    from . import finetune as F
+    from .generate import TextToImage
+
+    images, captions = F.concept_scenes(args.pictures, seed=args.seed, word=args.word)
+    if args.prior:  # prior preservation (DreamBooth): scenes of the old words trained beside the new ones
+        from .scenes import make_scenes
+
+        old_images, old_captions, _ = make_scenes(args.prior, seed=args.seed + 1)
+        images, captions = torch.cat([images, old_images]), captions + old_captions
+    model = TextToImage.from_pretrained(device=device)
+    latents = F.encode_concept(images.to(device))
+    print(f"{args.method}: {args.pictures} pictures of {args.word!r} (e.g. {captions[0]!r})"
+          + (f" + {args.prior} of the old words" if args.prior else "") + f", {args.steps} steps on {device}",
+          flush=True)
+    start = time.process_time(), time.perf_counter()
+    history = F.finetune(model, latents, captions, method=args.method, steps=args.steps, lr=args.lr, rank=args.rank,
+                         text_lora=args.text_lora, word=args.word, seed=args.seed)
+    cpu, wall = time.process_time() - start[0], time.perf_counter() - start[1]
+    curve = loss_curve(history["loss"], max(1, args.steps // 10))
+    meta = {"command": "python -m sdlesson " + " ".join(sys.argv[1:]), "steps": args.steps, "pictures": args.pictures,
+            "prior": args.prior, "seed": args.seed, "lr": args.lr or FINETUNE_LR[args.method],
+            "parameters": history["parameters"],
+            "seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "hardware": device_name(device),
+            "loss_curve": curve}
+    if args.method == "lora":
+        F.save_lora_word(model, out, word=args.word, config=meta)
+    else:
+        F.save_word(model.clip, args.word, out)
+    print(f"loss {curve[0]:.4f} -> {curve[-1]:.4f}; {history['parameters']:,} numbers trained in {wall:.0f} s; "
+          f"wrote {out} ({out.stat().st_size / 1024:.1f} KB)")
+
+
+def finetune_words(args, parser) -> list[str]:
+    """generate --lora / --embedding: the files checked and their words read (metadata only), before models load."""
+    from .lora import read_lora_config
+    from .textual_inversion import read_embedding
+
+    if args.lora_scale is not None and (args.lora is None or not math.isfinite(args.lora_scale)):
+        parser.error(f"--lora-scale must be a finite number and needs --lora, got {args.lora_scale}")
+    words = []
+    for flag, path in (("--lora", args.lora), ("--embedding", args.embedding)):
+        if path is None:
+            continue
+        if not Path(path).is_file():
+            parser.error(f"{flag}: no file at {path!r}")
+        if args.model is None:  # the course's model: files written by `finetune`
+            try:
+                words.append(read_lora_config(path).get("word") if flag == "--lora" else read_embedding(path)[0])
+            except Exception as e:  # noqa: BLE001 — any unreadable file is a one-line mistake, not a traceback
+                parser.error(f"{flag}: {path!r} is not a file written by `python -m sdlesson finetune` ({e})")
+    if len(words) != len(set(words)) or None in words:
+        parser.error(f"--lora and --embedding teach the same word {words[0]!r}: give one of them"
+                     if None not in words else "--lora: the file names no word (write it with `finetune lora`)")
+    return words
+
+
+def add_finetunes(pipe, args, *, sd: bool) -> None:
+    """Load --lora (at --lora-scale, merged) and --embedding onto the loaded model."""
+    from . import finetune as F
+    from .lora import load_sd_lora
+    from .textual_inversion import load_textual_inversion
+
+    scale = 1.0 if args.lora_scale is None else args.lora_scale
+    if args.lora:
+        load_sd_lora(pipe, args.lora, scale=scale, merge=True) if sd else \
+            F.load_lora_word(pipe, args.lora, scale=scale, merge=True)
+    if args.embedding:
+        load_textual_inversion(pipe, args.embedding) if sd else F.load_word(pipe.clip, args.embedding)
+
+
 def generate(args, parser) -> None:
     """Check every argument before loading a model, so a mistake costs no time and says what was expected."""
     from .checks import check_device
@@ -224,6 +325,7 @@ def generate(args, parser) -> None:
         parser.error(f"--out: folder {str(out.parent)!r} does not exist")
     size = (args.height or 512, args.width or 512) if sd else (64, 64)
     init_image, mask = init_image_and_mask(args, parser, size)
+    words = finetune_words(args, parser)
     device = check_device(args.device) if args.device else pick_device()
     if sd:
         if not Path(args.model).exists():
@@ -234,13 +336,14 @@ def generate(args, parser) -> None:
             print("Stable Diffusion on a CPU takes minutes per 512×512 image at 50 steps (two UNet passes a step, "
                   "guidance); fewer --num-steps or a smaller --height/--width cost less", file=sys.stderr)
     else:
-        tokenizer = pre.SCENE_CLIP.tokenizer()
+        tokenizer = dataclasses.replace(pre.SCENE_CLIP, vocab=pre.SCENE_CLIP.vocab + tuple(words)).tokenizer()
         for text in filter(None, (args.prompt, args.negative)):
             try:
                 tokenizer(text)  # unknown words are named now, before any model loads
             except ValueError as e:
                 parser.error(str(e))
         pipe = TextToImage.from_pretrained(device=device)
+    add_finetunes(pipe, args, sd=sd)
     size = {} if init_image is not None else dict(height=args.height, width=args.width)  # else the init image's
     images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=num_steps,
                   guidance_scale=guidance, seed=args.seed, sampler=sampler, init_image=init_image, mask=mask,
@@ -307,7 +410,26 @@ def main(argv=None) -> None:
     p.add_argument("--nrow", type=int, default=8, help="images per row of the PNG")
     p.add_argument("--zoom", type=int, default=4, help="enlarge each pixel this many times (default: 4)")
     p.add_argument("--device")
+    p.add_argument("--lora", help="a LoRA file: from `finetune lora`, or with --model a shared SD v1.5 LoRA")
+    p.add_argument("--lora-scale", type=float, help="s in W + s·(α/r)·B A (default: 1)")
+    p.add_argument("--embedding", help="a textual-inversion file: from `finetune textual_inversion`, or with --model "
+                                       "an SD v1.5 embedding (its token goes in the prompt)")
     p.set_defaults(func=functools.partial(generate, parser=p))
+
+    p = sub.add_parser("finetune", help="teach the course's text-to-image model a new word (lesson 09)")
+    p.add_argument("method", choices=("textual_inversion", "lora"))
+    p.add_argument("--steps", type=int, default=300, help="(default: 300)")
+    p.add_argument("--lr", type=float, help="learning rate (default: 5e-3 textual inversion, 1e-3 LoRA)")
+    p.add_argument("--rank", type=int, default=4, help="lora: the adapters' rank r (default: 4)")
+    p.add_argument("--text-lora", action="store_true", help="lora: adapt the text encoder's attention too")
+    p.add_argument("--pictures", type=int, default=12, help="rendered pictures of the new object (default: 12)")
+    p.add_argument("--prior", type=int, default=0,
+                   help="scenes of the old words trained beside (prior preservation; default 0)")
+    p.add_argument("--word", default="turtle", help="the new word (default: turtle, an OpenMoji glyph the world lacks)")
+    p.add_argument("--seed", type=int, default=0, help="pictures, noise draws and adapter init (default: 0)")
+    p.add_argument("--out", help="a .safetensors file (default: ./WORD-METHOD.safetensors)")
+    p.add_argument("--device")
+    p.set_defaults(func=functools.partial(finetune, parser=p))
 
     args = parser.parse_args(argv)
     try:

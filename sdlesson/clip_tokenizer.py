@@ -74,6 +74,8 @@ class CLIPTokenizer:
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         self.pad_id = self.eos_id  # SD's tokenizer pads with <|endoftext|>
         self.bpe = functools.lru_cache(maxsize=65536)(self._bpe)
+        self.added: list[str] = []  # whole tokens added after the vocabulary (textual inversion's new words)
+        self.added_pattern: regex.Pattern | None = None
 
     @classmethod
     def from_files(cls, vocab_json, merges_txt, *, max_length: int = 77) -> "CLIPTokenizer":
@@ -95,6 +97,35 @@ class CLIPTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.encoder)
+
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """New whole tokens after the vocabulary, with the ids transformers' CLIPTokenizer.add_tokens gives them.
+
+        As there, a new token is found anywhere in the cleaned (lower-cased) prompt, longest first, before BPE
+        splits the rest: "a <cat-toy>_1x" -> "a</w>", "<cat-toy>_1", "x</w>". Tokens already known are skipped.
+        A token "t" followed by added "t_1", "t_2", … stands for all of them (a multi-vector embedding), as
+        diffusers' pipelines expand it."""
+        if isinstance(tokens, str) or not all(isinstance(t, str) and t.strip() == t and t for t in tokens):
+            raise ValueError(f"tokens must be a list of non-empty strings without surrounding spaces, got {tokens!r}")
+        ids = []
+        for token in dict.fromkeys(tokens):
+            if self.clean(token) != token:
+                raise ValueError(f"added token {token!r} must be written as prompts are read: {self.clean(token)!r}")
+            if token not in self.encoder:
+                self.encoder[token] = len(self.encoder)
+                self.decoder[self.encoder[token]] = token
+                self.added.append(token)
+            ids.append(self.encoder[token])
+        longest = sorted(self.added, key=len, reverse=True)  # leftmost, then longest match, as a trie finds it
+        self.added_pattern = regex.compile("(" + "|".join(map(regex.escape, longest)) + ")") if longest else None
+        return ids
+
+    def _expand(self, token: str) -> list[str]:
+        """t -> [t, t_1, t_2, …] while those are added tokens (a multi-vector textual-inversion embedding)."""
+        tokens = [token]
+        while f"{token}_{len(tokens)}" in self.encoder and f"{token}_{len(tokens)}" in self.added:
+            tokens.append(f"{token}_{len(tokens)}")
+        return tokens
 
     def _bpe(self, word: str) -> tuple[str, ...]:
         """One word (as byte characters) -> its BPE tokens: merge the lowest-ranked adjacent pair until none is left."""
@@ -130,10 +161,14 @@ class CLIPTokenizer:
             if part in (BOS, EOS):
                 tokens.append(part)
                 continue
-            for piece in PIECES.findall(self.clean(part)):
-                # a special token that only lower-casing made ("<|ENDOFTEXT|>") is text: "<|", the name, "|>"
-                for sub in ([piece[:2], piece[2:-2], piece[-2:]] if piece in (BOS, EOS) else [piece]):
-                    tokens.extend(self.bpe("".join(self.byte_chars[b] for b in sub.encode("utf-8"))))
+            for chunk in (self.added_pattern.split(self.clean(part)) if self.added_pattern else [self.clean(part)]):
+                if chunk in self.added:  # an added token: whole, before any BPE
+                    tokens.extend(self._expand(chunk))
+                    continue
+                for piece in PIECES.findall(chunk):
+                    # a special token that only lower-casing made ("<|ENDOFTEXT|>") is text: "<|", the name, "|>"
+                    for sub in ([piece[:2], piece[2:-2], piece[-2:]] if piece in (BOS, EOS) else [piece]):
+                        tokens.extend(self.bpe("".join(self.byte_chars[b] for b in sub.encode("utf-8"))))
         return tokens
 
     def encode(self, text: str) -> list[int]:
@@ -161,6 +196,8 @@ class CLIPTokenizer:
         """Ids -> text (special tokens dropped); "</w>" becomes a space."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         tokens = [self.decoder[i] for i in ids if i not in (self.bos_id, self.eos_id)]
+        tokens = ["".join(self.byte_chars[b] for b in t.encode("utf-8")) + "</w>" if t in self.added else t
+                  for t in tokens]  # an added token reads as a word of its own
         byte_of = {c: b for b, c in self.byte_chars.items()}
         words = ("".join(tokens)).split("</w>")  # "</w>" ends a word: a space between words
         return " ".join(bytes(byte_of[c] for c in w).decode("utf-8", errors="replace") for w in words).strip()
@@ -169,7 +206,11 @@ class CLIPTokenizer:
         """Write vocab.json and merges.txt, the format of a Hugging Face snapshot's tokenizer/ folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps(self.encoder, ensure_ascii=False), encoding="utf-8")
+        vocab = {t: i for t, i in self.encoder.items() if t not in self.added}
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        if self.added:  # where transformers keeps them, so that its tokenizer reads the same ids
+            added = {t: self.encoder[t] for t in self.added}
+            (folder / "added_tokens.json").write_text(json.dumps(added, ensure_ascii=False), encoding="utf-8")
         merges = sorted(self.ranks, key=self.ranks.get)
         (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
                                            encoding="utf-8")

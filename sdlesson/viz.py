@@ -325,3 +325,39 @@ def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the cente
         steps=widgets.IntSlider(value=25, min=1, max=100, description="steps"),
         seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
     )
+
+
+def lora_scale_explorer(pipe, *, prompt: str = "a large turtle in the center on a pink background",
+                        num_images: int = 4, probe=None, max_scale: float = 1.5) -> InteractiveImage:
+    """The scale s of the LoRA adapters in pipe's UNet (y = W x + s·(α/r)·B A x) as a slider, with the prompt and
+    the seed; with an identity probe (finetune.identity_probe), how many images it sees the new object in."""
+    import ipywidgets as widgets
+
+    from .lora import lora_layers, set_lora_scale
+
+    if not lora_layers(pipe.unet):
+        raise ValueError("the pipeline's UNet has no LoRA adapters: load some first (finetune.load_lora_word)")
+    shown = {"image": np.full((64, 64, 3), 255, np.uint8)}
+
+    def render(prompt, lora_scale, seed):
+        scale = lora_scale
+        set_lora_scale(pipe.unet, scale)
+        try:
+            images = pipe(prompt, num_images=num_images, seed=seed)
+        except ValueError as e:  # an unknown word: say so, keep the last picture
+            return shown["image"], f"⚠ {e}"
+        caption = f"LoRA scale {scale:.2f}, seed {seed}"
+        if probe is not None:
+            from .finetune import shows_new_object
+
+            caption += f": the probe sees the new object in {int(shows_new_object(probe, images).sum())}/{num_images}"
+        shown["image"] = image_grid(images, nrow=num_images, pad=2)
+        return shown["image"], caption
+
+    return InteractiveImage(
+        render,
+        prompt=widgets.Text(value=prompt, description="prompt", continuous_update=False,
+                            layout=widgets.Layout(width="520px")),
+        lora_scale=widgets.FloatSlider(value=1.0, min=0.0, max=max_scale, step=0.25, description="LoRA scale"),
+        seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
+    )
