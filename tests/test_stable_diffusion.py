@@ -47,7 +47,7 @@ def max_errors(sd, reference) -> dict[str, float]:
     unet, vae, text = reference
     latents, context, images = inputs()
     t = torch.tensor([999, 10])
-    ids = sd.tokenizer(["a photo of a cat", "an astronaut riding a horse, 4k"])
+    ids, _ = sd.tokenizer(["a photo of a cat", "an astronaut riding a horse, 4k"])
     posterior, theirs = sd.vae.encode(images), vae.encode(images).latent_dist
     return {
         "unet": (sd.unet(latents, t, context=context)
