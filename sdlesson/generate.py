@@ -318,3 +318,35 @@ class TextToImage:
         images = torch.cat([self.vae.decode((z / self.latent_scale).to(self.device, vae_dtype)).float().cpu()
                             for z in latents.split(16)])  # a few at a time: SD's decoder is memory-hungry at 512²
         return (images / 2 + 0.5).clamp(0, 1) if output_type == "float" else from_float(images)  # [-1, 1] -> [0, 1]
+
+
+@torch.no_grad()
+def attention_per_word(pipe: TextToImage, prompt: str, *, t: int = 500, seed: int = 0,
+                       levels: tuple[str, ...] = ("down.1", "up.1")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the UNet reads each token of `prompt`: the image the pipeline makes for it, uint8 (3, H, W), and one map
+    per token (L, h, w) — the cross-attention weights, averaged over heads and over the layers of `levels` (which must
+    share one latent size: the course's scene UNet's 4×4 levels by default).
+
+    The maps are read at noise level t from the image's own latents (the VAE posterior's mean, noised with the seed's
+    ε), in one UNet call under the prompt: at each latent position the weights over the L tokens sum to 1."""
+    from .unet import recording_attention
+
+    image = pipe(prompt, num_images=1, seed=seed)  # (1, 3, H, W) uint8
+    context, mask = pipe.encode([prompt])
+    z0 = pipe.encode_image(image, sample=False)  # (1, 4, h, w): the latents of the image itself
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    t_batch = torch.tensor([t], device=pipe.device)
+    z_t = pipe.schedule.add_noise(z0, noise, t_batch)  # x_t = √ᾱ_t z0 + √(1-ᾱ_t) ε
+    with recording_attention(pipe.unet, where=lambda name: name.startswith(tuple(levels))) as layers:
+        if not layers:
+            names = [n for n, _ in pipe.unet.named_modules() if n.endswith(("cross_attn", "attn2"))]
+            raise ValueError(f"no cross-attention layer in the levels {levels}: the UNet's are {names}")
+        pipe.unet(z_t.to(next(pipe.unet.parameters()).dtype), t_batch, **pipe._kwargs(context, mask))
+        weights = [layer.weights[0].float().mean(0) for layer in layers.values()]  # each (positions, L), heads averaged
+    sizes = {w.shape[0] for w in weights}
+    if len(sizes) > 1:
+        raise ValueError(f"the layers of {levels} see different latent sizes ({sorted(sizes)} positions): "
+                         "average maps of one size, e.g. levels=('down.1', 'up.1') for the course's scene UNet")
+    maps = torch.stack(weights).mean(0).T  # (L, positions): each position's weights over the tokens sum to 1
+    h = round(z0.shape[2] * (maps.shape[1] / z0[0, 0].numel()) ** 0.5)  # the level's height: latents downsampled
+    return image[0], maps.reshape(len(maps), h, -1).cpu()  # (L, h, w)
