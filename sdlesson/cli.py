@@ -270,7 +270,8 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="default: the recipe's (auto: bf16 only where this machine computes it natively and faster, "
                    "else fp32 on a CPU; bf16 or fp16 on CUDA)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between saves of the training state (default: the recipe's)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between saves of the training state (default: the recipe's)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")
     p.add_argument("--out", help="a folder, or a .safetensors file, for the weights (default: ./NAME.safetensors)")

@@ -139,7 +139,8 @@ class TextToImage:
     """A text side (tokenizer + text encoder), a text-conditioned latent UNet and a VAE, used together."""
 
     def __init__(self, text, unet, vae, *, latent_scale: float, schedule: str = pre.SCENE_SCHEDULE,
-                 samplers: dict | None = None, num_steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE):
+                 samplers: dict | None = None, num_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE):
         self.text = TextSide.from_clip(text) if isinstance(text, CLIP) else text  # the course's CLIP, or a text side
         self.unet, self.vae = unet.eval(), vae.eval()
         self.latent_scale = check_number("latent_scale", latent_scale, low=0, low_open=True)

@@ -291,8 +291,9 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
 
 def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the center on a blue background",
                            num_images: int = 4, judge=None, negative_prompt: str | None = None,
-                           guidance_scale: float | None = None, max_guidance: float = 10.0, num_steps: int | None = None,
-                           max_steps: int = 100, scale: int = 4, **options) -> InteractiveImage:
+                           guidance_scale: float | None = None, max_guidance: float = 10.0,
+                           num_steps: int | None = None, max_steps: int = 100, scale: int = 4,
+                           **options) -> InteractiveImage:
     """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image.
 
     negative_prompt: a string adds a box for it (SD's "blurry, low quality"); guidance_scale and num_steps start at
