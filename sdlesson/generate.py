@@ -42,7 +42,7 @@ from .schedule import NoiseSchedule
 from .text import CLIP, unconditional
 
 # The defaults, here and nowhere else (the command line, the reports and the explorers read them from here):
-DEFAULT_STEPS = 25  # the course's models: DDIM at 25 steps is as good as at 50 on the scenes (the model card)
+DEFAULT_STEPS = 25  # the course's models: what the model card's adherence figures and timings use
 DEFAULT_GUIDANCE = 3.0  # the course's models: what the model card's adherence figures use
 SD_GUIDANCE, SD_STEPS = 7.5, 50  # Stable Diffusion's defaults
 # SD's sampling as released: timesteps 981, 961, …, 1 at 50 steps ("leading" spacing, offset 1); DDIM's last step
