@@ -14,6 +14,8 @@ import numbers
 
 import torch
 
+from .data import to_float
+
 
 def describe(value) -> str:
     """A short description of what came: a tensor's shape and dtype, else the value itself."""
@@ -161,7 +163,7 @@ def check_images(name: str, x, *, channels: int = 3) -> torch.Tensor:
         raise ValueError(f"{name} must be images of shape (B, {channels}, H, W), got {describe(x)}"
                          + (" (one image: add the batch dimension, x[None])" if x.dim() == 3 else ""))
     if x.dtype == torch.uint8:
-        return x.float() / 127.5 - 1  # 0 … 255 -> [-1, 1]
+        return to_float(x)  # 0 … 255 -> [-1, 1]
     check_float_tensor(name, x)
     return check_pixel_range(name, x)
 

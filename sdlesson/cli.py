@@ -277,14 +277,15 @@ def add_finetunes(pipe, args, *, sd: bool) -> None:
 def generate(args, parser) -> None:
     """Check every argument before loading a model, so a mistake costs no time and says what was expected."""
     from .checks import check_device
-    from .generate import DEFAULT_GUIDANCE, SD_GUIDANCE, SD_SAMPLERS, SD_STEPS, TextToImage, pipeline_sampler
+    from .generate import (DEFAULT_GUIDANCE, DEFAULT_STEPS, SD_GUIDANCE, SD_SAMPLERS, SD_STEPS, TextToImage,
+                           pipeline_sampler)
     from .schedule import NoiseSchedule
     from .viz import image_grid, to_png
 
     if not args.prompt.strip():
         parser.error('the prompt is empty; give one such as "a small dog face in the top left on a green background"')
     sd = args.model is not None
-    num_steps = args.num_steps if args.num_steps is not None else (SD_STEPS if sd else 25)
+    num_steps = args.num_steps if args.num_steps is not None else (SD_STEPS if sd else DEFAULT_STEPS)
     guidance = args.guidance if args.guidance is not None else (SD_GUIDANCE if sd else DEFAULT_GUIDANCE)
     if not 1 <= num_steps <= 1000:
         parser.error(f"--num-steps must be from 1 to 1000 (the training timesteps), got {num_steps}")
@@ -372,7 +373,8 @@ def main(argv=None) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="default: the recipe's (auto: bf16 only where this machine computes it natively and faster, "
                    "else fp32 on a CPU; bf16 or fp16 on CUDA)")
-    p.add_argument("--checkpoint-every", type=int, help="steps between saves of the training state (default: the recipe's)")
+    p.add_argument("--checkpoint-every", type=int,
+                   help="steps between saves of the training state (default: the recipe's)")
     p.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--runs", default="runs", help="folder for the resumable training state (default: runs/)")
     p.add_argument("--out", help="a folder, or a .safetensors file, for the weights (default: ./NAME.safetensors)")

@@ -63,7 +63,7 @@ def bundled_merges_file() -> Path:
 
 
 class CLIPTokenizer:
-    """Prompts -> token ids (B, 77), as Stable Diffusion v1's text encoder reads them."""
+    """Prompts -> token ids (B, 77) and their mask, as Stable Diffusion v1's text encoder reads them."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], *, max_length: int = 77):
         self.encoder = vocab  # token -> id
@@ -175,12 +175,16 @@ class CLIPTokenizer:
         """Token ids of one prompt, without <|startoftext|>, <|endoftext|> or padding."""
         return [self.encoder.get(t, self.eos_id) for t in self.tokenize(text)]
 
-    def __call__(self, prompts: str | list[str]) -> torch.Tensor:
-        """Prompt(s) -> ids (B, max_length) long: <|startoftext|> tokens <|endoftext|>, padded with <|endoftext|>."""
+    def __call__(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt(s) -> ids (B, max_length) long: <|startoftext|> tokens <|endoftext|>, padded with <|endoftext|>;
+        and mask (B, max_length) bool, True up to the first <|endoftext|> (transformers' attention_mask) — the
+        course's tokenizer's contract. SD's UNet reads all 77 embeddings, padding included; the mask says which
+        are the prompt's."""
         prompts = [prompts] if isinstance(prompts, str) else prompts
         if not isinstance(prompts, (list, tuple)) or not prompts:
             raise TypeError(f"prompts must be a string or a non-empty list of strings, got {prompts!r}")
         ids = torch.full((len(prompts), self.max_length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids, dtype=torch.bool)
         room = self.max_length - 2
         for row, prompt in enumerate(prompts):
             tokens = self.encode(prompt)
@@ -190,7 +194,8 @@ class CLIPTokenizer:
                               f"so {len(tokens) - room} are dropped: {dropped!r}", stacklevel=2)
             tokens = [self.bos_id] + tokens[:room] + [self.eos_id]
             ids[row, : len(tokens)] = torch.tensor(tokens)
-        return ids
+            mask[row, : len(tokens)] = True
+        return ids, mask
 
     def decode(self, ids) -> str:
         """Ids -> text (special tokens dropped); "</w>" becomes a space."""

@@ -117,5 +117,4 @@ def from_float(x: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[-1, 1] images (B, C, H, W) or (C, H, W) -> uint8 arrays (B, H, W, C) or (H, W, C) for plotting or PNGs."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.movedim(-3, -1).numpy()
+    return from_float(x).movedim(-3, -1).numpy()

@@ -13,6 +13,7 @@ from . import recipes
 from .batches import batched
 from .classifier import extract_features
 from .data import load_silhouettes, to_float
+from .generate import DEFAULT_STEPS
 from .metrics import frechet_distance
 from .pretrained import load_pretrained
 from .samplers import sample
@@ -110,7 +111,7 @@ def _share(hits: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0), num_images: int = 32,
-                     num_steps: int = 25, seed: int = 0, judge=None) -> list[dict]:
+                     num_steps: int = DEFAULT_STEPS, seed: int = 0, judge=None) -> list[dict]:
     """img2img of one rendered scene `init` (a scenes.Scene) under the caption of `prompt` (a Scene that differs in
     an attribute or more), at each strength: PSNR and SSIM of the images to the init image (mean, standard error),
     and per attribute the share the judge reads as the prompt's and as the init's ((share, standard error) each)."""
@@ -123,7 +124,7 @@ def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0),
     for strength in strengths:
         out = pipe(prompt.caption, num_images=num_images, init_image=image, strength=strength, num_steps=num_steps,
                    seed=seed)
-        x, ref = out.float() / 127.5 - 1, (image.float() / 127.5 - 1).expand(len(out), -1, -1, -1)
+        x, ref = to_float(out), to_float(image).expand(len(out), -1, -1, -1)
         p, s = psnr(x, ref), ssim(x, ref)
         labels = judge_scenes(judge, out)[0]
         rows.append({"strength": strength, "psnr": (p.mean().item(), p.std().item() / len(p) ** 0.5),
@@ -134,7 +135,7 @@ def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0),
 
 
 @torch.no_grad()
-def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int = 32, num_steps: int = 25,
+def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int = 32, num_steps: int = DEFAULT_STEPS,
                      strength: float = 1.0, seed: int = 0, judge=None) -> dict:
     """Inpaint the rendered scene `init` where `mask` (1, 1, 64, 64) is white, under `prompt`'s caption (Scenes).
 

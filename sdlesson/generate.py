@@ -36,11 +36,13 @@ from tqdm.auto import tqdm
 from . import pretrained as pre
 from .checks import (check_device, check_float_tensor, check_images, check_int, check_mask, check_number, check_seed,
                      describe)
-from .data import to_float
+from .data import from_float, to_float
 from .samplers import Sampler, make_sampler
 from .schedule import NoiseSchedule
-from .text import CLIP, encode_prompts, unconditional
+from .text import CLIP, unconditional
 
+# The defaults, here and nowhere else (the command line, the reports and the explorers read them from here):
+DEFAULT_STEPS = 25  # the course's models: what the model card's adherence figures and timings use
 DEFAULT_GUIDANCE = 3.0  # the course's models: what the model card's adherence figures use
 SD_GUIDANCE, SD_STEPS = 7.5, 50  # Stable Diffusion's defaults
 # SD's sampling as released: timesteps 981, 961, …, 1 at 50 steps ("leading" spacing, offset 1); DDIM's last step
@@ -91,39 +93,55 @@ def check_image_size(image: torch.Tensor, height, width) -> dict:
     return size
 
 
-class SceneText:
-    """The course's text side: word tokenizer + its small CLIP's text tower. The empty prompt is what training made
-    of a dropped caption: <bos> alone (the mask hides the rest)."""
+class TextSide:
+    """A tokenizer and a text encoder used together: prompts -> (token embeddings (N, L, width), mask (N, L) or None).
 
-    def __init__(self, clip: CLIP):
-        self.clip = clip.eval()
+    Both tokenizers keep one contract, prompts -> (ids (N, L), mask (N, L)). What differs is what the model was trained
+    to read (masked=): the course's UNet reads only the unmasked tokens, and its empty prompt is what training made of
+    a dropped caption, <bos> alone (text.unconditional); SD's UNet reads all 77 (no mask), and its empty prompt is
+    encoded like any other ("" -> <|startoftext|> <|endoftext|> …): SD was trained with captions dropped that way.
+    """
 
-    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        context, mask = encode_prompts(self.clip, prompts)  # (N, 16, 64), (N, 16)
-        empty = torch.tensor([not p.strip() for p in prompts], device=mask.device)
-        mask[empty] = unconditional(context[empty], mask[empty])[1]
-        return context, mask
+    def __init__(self, tokenizer, text_encoder, *, masked: bool, clip: CLIP | None = None):
+        self._tokenizer, self.text_encoder, self.masked, self.clip = tokenizer, text_encoder.eval(), masked, clip
 
+    @classmethod
+    def from_clip(cls, clip: CLIP) -> "TextSide":
+        """The course's text side: word tokenizer + its small CLIP's text tower (L = 16, width 64), masked."""
+        return cls(None, clip.text, masked=True, clip=clip.eval())
 
-class CLIPText:
-    """Stable Diffusion's text side: CLIP's BPE tokenizer (77 tokens) + CLIP ViT-L/14's text tower. The empty prompt
-    is encoded like any other ("" -> <|startoftext|> <|endoftext|> …): SD was trained with captions dropped that way."""
-
-    def __init__(self, tokenizer, text_encoder):
-        self.tokenizer, self.text_encoder = tokenizer, text_encoder.eval()
+    @property
+    def tokenizer(self):
+        return self._tokenizer or self.clip.config.tokenizer()  # the CLIP's, read from its config when it is used
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, None]:
-        ids = self.tokenizer(prompts).to(next(self.text_encoder.parameters()).device)  # (N, 77)
-        return self.text_encoder(ids), None  # last hidden states (N, 77, 768); no mask: SD reads all 77
+    def __call__(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ids, mask = self.tokenizer(prompts)  # (N, L), (N, L)
+        device = next(self.text_encoder.parameters()).device
+        context = self.text_encoder(ids.to(device))  # (N, L, width): CLIP ViT-L/14's last hidden states for SD
+        if not self.masked:
+            return context, None
+        empty = torch.tensor([not p.strip() for p in prompts], device=device)[:, None]
+        return context, torch.where(empty, unconditional(context, mask.to(device))[1], mask.to(device))
+
+
+def SceneText(clip: CLIP) -> TextSide:
+    """The course's text side (the name the pipeline used before the two text sides became one)."""
+    return TextSide.from_clip(clip)
+
+
+def CLIPText(tokenizer, text_encoder) -> TextSide:
+    """Stable Diffusion's text side: CLIP's BPE tokenizer (77 tokens) + CLIP ViT-L/14's text tower, unmasked."""
+    return TextSide(tokenizer, text_encoder, masked=False)
 
 
 class TextToImage:
     """A text side (tokenizer + text encoder), a text-conditioned latent UNet and a VAE, used together."""
 
     def __init__(self, text, unet, vae, *, latent_scale: float, schedule: str = pre.SCENE_SCHEDULE,
-                 samplers: dict | None = None, num_steps: int = 25, guidance_scale: float = DEFAULT_GUIDANCE):
-        self.text = SceneText(text) if isinstance(text, CLIP) else text  # the course's CLIP, or a text side
+                 samplers: dict | None = None, num_steps: int = DEFAULT_STEPS,
+                 guidance_scale: float = DEFAULT_GUIDANCE):
+        self.text = TextSide.from_clip(text) if isinstance(text, CLIP) else text  # the course's CLIP, or a text side
         self.unet, self.vae = unet.eval(), vae.eval()
         self.latent_scale = check_number("latent_scale", latent_scale, low=0, low_open=True)
         self.schedule = NoiseSchedule(schedule)
@@ -154,9 +172,10 @@ class TextToImage:
                    schedule=SD_SCHEDULE, samplers=SD_SAMPLERS, num_steps=SD_STEPS, guidance_scale=SD_GUIDANCE)
 
     @property
-    def clip(self) -> CLIP:
-        """The course's CLIP (its text tower encodes prompts); SD's text side has no image tower here."""
-        return self.text.clip
+    def clip(self) -> CLIP | None:
+        """The course's CLIP (its text tower encodes prompts); None for Stable Diffusion, whose pipeline holds only
+        CLIP's text tower (pipe.text.text_encoder), no image tower."""
+        return getattr(self.text, "clip", None)
 
     @property
     def device(self) -> torch.device:
@@ -299,5 +318,36 @@ class TextToImage:
         vae_dtype = next(self.vae.parameters()).dtype
         images = torch.cat([self.vae.decode((z / self.latent_scale).to(self.device, vae_dtype)).float().cpu()
                             for z in latents.split(16)])  # a few at a time: SD's decoder is memory-hungry at 512²
-        images = (images / 2 + 0.5).clamp(0, 1)  # [-1, 1] -> [0, 1]
-        return images if output_type == "float" else (images * 255).round().to(torch.uint8)
+        return (images / 2 + 0.5).clamp(0, 1) if output_type == "float" else from_float(images)  # [-1, 1] -> [0, 1]
+
+
+@torch.no_grad()
+def attention_per_word(pipe: TextToImage, prompt: str, *, t: int = 500, seed: int = 0,
+                       levels: tuple[str, ...] = ("down.1", "up.1")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the UNet reads each token of `prompt`: the image the pipeline makes for it, uint8 (3, H, W), and one map
+    per token (L, h, w) — the cross-attention weights, averaged over heads and over the layers of `levels` (which must
+    share one latent size: the course's scene UNet's 4×4 levels by default).
+
+    The maps are read at noise level t from the image's own latents (the VAE posterior's mean, noised with the seed's
+    ε), in one UNet call under the prompt: at each latent position the weights over the L tokens sum to 1."""
+    from .unet import recording_attention
+
+    image = pipe(prompt, num_images=1, seed=seed)  # (1, 3, H, W) uint8
+    context, mask = pipe.encode([prompt])
+    z0 = pipe.encode_image(image, sample=False)  # (1, 4, h, w): the latents of the image itself
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)
+    t_batch = torch.tensor([t], device=pipe.device)
+    z_t = pipe.schedule.add_noise(z0, noise, t_batch)  # x_t = √ᾱ_t z0 + √(1-ᾱ_t) ε
+    with recording_attention(pipe.unet, where=lambda name: name.startswith(tuple(levels))) as layers:
+        if not layers:
+            names = [n for n, _ in pipe.unet.named_modules() if n.endswith(("cross_attn", "attn2"))]
+            raise ValueError(f"no cross-attention layer in the levels {levels}: the UNet's are {names}")
+        pipe.unet(z_t.to(next(pipe.unet.parameters()).dtype), t_batch, **pipe._kwargs(context, mask))
+        weights = [layer.weights[0].float().mean(0) for layer in layers.values()]  # each (positions, L), heads averaged
+    sizes = {w.shape[0] for w in weights}
+    if len(sizes) > 1:
+        raise ValueError(f"the layers of {levels} see different latent sizes ({sorted(sizes)} positions): "
+                         "average maps of one size, e.g. levels=('down.1', 'up.1') for the course's scene UNet")
+    maps = torch.stack(weights).mean(0).T  # (L, positions): each position's weights over the tokens sum to 1
+    h = round(z0.shape[2] * (maps.shape[1] / z0[0, 0].numel()) ** 0.5)  # the level's height: latents downsampled
+    return image[0], maps.reshape(len(maps), h, -1).cpu()  # (L, h, w)

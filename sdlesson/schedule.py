@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_number
+from .text import unconditional
 
 SCHEDULES = ("linear", "cosine", "scaled_linear")
 
@@ -170,9 +171,8 @@ def condition_kwargs(model, cond: tuple, drop: torch.Tensor) -> dict:
     if len(cond) == 1:  # class labels; the extra index num_classes means "no class"
         labels = torch.where(drop, getattr(model, "module", model).config.num_classes, cond[0])  # .module: DDP's
         return {"class_labels": labels}
-    context, mask = cond  # text: dropped captions become empty ones (all tokens masked out but the first)
-    mask = mask.clone()
-    mask[drop, 1:] = False
+    context, mask = cond  # text: dropped captions become the empty prompt (all tokens masked out but <bos>)
+    mask = torch.where(drop[:, None], unconditional(context, mask)[1], mask)
     return {"context": context, "context_mask": mask}
 
 

@@ -63,7 +63,7 @@ SD_SCHEDULE = "scaled_linear"  # β from 0.00085 to 0.012 (linear in √β), T =
 class StableDiffusion:
     """The four parts, plain attributes: what a pipeline needs to turn a prompt into an image."""
 
-    tokenizer: CLIPTokenizer  # prompts -> ids (B, 77)
+    tokenizer: CLIPTokenizer  # prompts -> ids (B, 77) and mask (B, 77)
     text_encoder: TextEncoder  # ids (B, 77) -> last hidden states (B, 77, 768): the UNet's context
     unet: UNet  # (latents (B, 4, h, w), t (B,), context=) -> predicted noise
     vae: VAE  # encode: images in [-1, 1] -> Gaussian over latents; decode: latents -> images

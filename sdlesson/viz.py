@@ -290,21 +290,35 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
 
 
 def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the center on a blue background",
-                           num_images: int = 4, judge=None) -> InteractiveImage:
-    """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image."""
+                           num_images: int = 4, judge=None, negative_prompt: str | None = None,
+                           guidance_scale: float | None = None, max_guidance: float = 10.0,
+                           num_steps: int | None = None, max_steps: int = 100, scale: int = 4,
+                           **options) -> InteractiveImage:
+    """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image.
+
+    negative_prompt: a string adds a box for it (SD's "blurry, low quality"); guidance_scale and num_steps start at
+    the pipeline's defaults (the course's 3 and 25, SD's 7.5 and 50); options (height=, width=, sampler=) go to every
+    call of the pipeline; scale: screen pixels per image pixel (1 for SD's 512×512 images)."""
     import ipywidgets as widgets
 
-    from .generate import DEFAULT_GUIDANCE
+    from .generate import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
+    defaults = getattr(pipe, "defaults", {})  # a TextToImage's; the course's for any other callable
+    guidance_scale = defaults.get("guidance_scale", DEFAULT_GUIDANCE) if guidance_scale is None else guidance_scale
+    num_steps = defaults.get("num_steps", DEFAULT_STEPS) if num_steps is None else num_steps
+    sampler = options.get("sampler", "ddim")
+    sampler = sampler.upper() if isinstance(sampler, str) else type(sampler).__name__
     shown = {"image": np.full((64, 64, 3), 255, np.uint8)}  # the last good picture
 
-    def render(prompt, guidance, steps, seed):
+    def render(prompt, guidance, steps, seed, negative=None):
         start = time.perf_counter()
         try:
-            images = pipe(prompt, num_images=num_images, num_steps=steps, guidance_scale=guidance, seed=seed)
+            images = pipe(prompt, num_images=num_images, num_steps=steps, guidance_scale=guidance, seed=seed,
+                          **({"negative_prompt": negative or None} if negative is not None else {}), **options)
         except ValueError as e:  # an unknown word: say so, keep the last picture
             return shown["image"], f"⚠ {e}"
-        caption = f"{num_images} images, {steps} DDIM steps, guidance {guidance}: {time.perf_counter() - start:.1f} s"
+        caption = (f"{num_images} images, {steps} {sampler} steps, guidance {guidance}: "
+                   f"{time.perf_counter() - start:.1f} s")
         if judge is not None:
             from .evaluate import judge_scenes
 
@@ -314,15 +328,17 @@ def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the cente
                 caption += f"; the judge finds {hits:.0%} of the asked-for attributes"
             except ValueError:
                 caption += "; (the judge scores full captions only)"
-        shown["image"] = image_grid(images, nrow=num_images, pad=2)
+        shown["image"] = image_grid(images, nrow=num_images, pad=2 if num_images > 1 else 0)  # one image: as it is
         return shown["image"], caption
 
+    text = dict(continuous_update=False, layout=widgets.Layout(width="520px"))
+    negative = {} if negative_prompt is None else {"negative": widgets.Text(value=negative_prompt,
+                                                                           description="negative", **text)}
     return InteractiveImage(
-        render,
-        prompt=widgets.Text(value=prompt, description="prompt", continuous_update=False,
-                            layout=widgets.Layout(width="520px")),
-        guidance=widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=0.0, max=10.0, step=0.5, description="guidance"),
-        steps=widgets.IntSlider(value=25, min=1, max=100, description="steps"),
+        render, scale=scale,
+        prompt=widgets.Text(value=prompt, description="prompt", **text), **negative,
+        guidance=widgets.FloatSlider(value=guidance_scale, min=0.0, max=max_guidance, step=0.5, description="guidance"),
+        steps=widgets.IntSlider(value=num_steps, min=1, max=max_steps, description="steps"),
         seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
     )
 

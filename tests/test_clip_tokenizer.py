@@ -53,16 +53,18 @@ def test_ids_equal_transformers_on_220_prompts(tokenizers):
     assert len(texts) >= 200
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the long prompts warn: tested below
-        mine = ours(texts)
-    theirs = torch.tensor(oracle(texts, padding="max_length", truncation=True, max_length=77).input_ids)
+        mine, mask = ours(texts)
+    encoded = oracle(texts, padding="max_length", truncation=True, max_length=77)
+    theirs = torch.tensor(encoded.input_ids)
     mismatched = [t for t, a, b in zip(texts, mine, theirs) if not torch.equal(a, b)]
     assert not mismatched, f"{len(mismatched)} prompts differ, e.g. {mismatched[:3]}"
+    assert torch.equal(mask, torch.tensor(encoded.attention_mask).bool())  # the mask: the tokenizers' one contract
 
 
 def test_known_ids_of_sd_vocabulary():
     """The bundled vocabulary is SD v1's: "a photo of a cat" is 49406 320 1125 539 320 2368 49407, then padding."""
-    ids = CLIPTokenizer.bundled()("a photo of a cat")
-    assert ids.shape == (1, 77)
+    ids, mask = CLIPTokenizer.bundled()("a photo of a cat")
+    assert ids.shape == mask.shape == (1, 77) and mask.sum() == 7  # <|startoftext|>, 5 words, <|endoftext|>
     assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407, 49407]
 
 
@@ -72,7 +74,7 @@ def test_from_files_equals_bundled(tokenizers):
     texts = prompts()[:60]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert torch.equal(again(texts), ours(texts))
+        assert torch.equal(again(texts)[0], ours(texts)[0])
     assert again.vocab_size == ours.vocab_size == 49408
 
 
@@ -89,7 +91,7 @@ def test_decode_equals_transformers_and_recovers_cleaned_words(tokenizers):
 def test_truncation_warns_and_keeps_the_end_token(tokenizers):
     ours, _, _ = tokenizers
     with pytest.warns(UserWarning, match="tokens are dropped|are dropped"):
-        ids = ours("cat " * 100)
+        ids, _ = ours("cat " * 100)
     assert ids[0, -1].item() == ours.eos_id and ids[0, 0].item() == ours.bos_id
 
 

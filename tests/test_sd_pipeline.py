@@ -26,10 +26,12 @@ def pipelines(tmp_path_factory):
     unet, vae, text = models
     scheduler = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                      steps_offset=1, timestep_spacing="leading")
+    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77)
     make = lambda sched: StableDiffusionPipeline(  # noqa: E731
-        vae=vae, text_encoder=text, tokenizer=CLIPTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77),
-        unet=unet, scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    theirs = {"ddim": make(DDIMScheduler(**scheduler, set_alpha_to_one=False)), "ddpm": make(DDPMScheduler(**scheduler))}
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=sched, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    theirs = {"ddim": make(DDIMScheduler(**scheduler, set_alpha_to_one=False)),
+              "ddpm": make(DDPMScheduler(**scheduler))}
     for p in theirs.values():
         p.set_progress_bar_config(disable=True)
     return TextToImage.from_stable_diffusion(root), theirs
@@ -45,8 +47,8 @@ def test_ddim_image_equals_diffusers(pipelines, guidance):
     latents = starting_latents()
     mine = ours([PROMPT, "a cat"], negative_prompt=NEGATIVE, num_steps=6, guidance_scale=guidance, latents=latents,
                 output_type="float")
-    ref = theirs["ddim"]([PROMPT, "a cat"], negative_prompt=[NEGATIVE] * 2, num_inference_steps=6, guidance_scale=guidance,
-                         latents=latents, output_type="np", height=32, width=32).images
+    ref = theirs["ddim"]([PROMPT, "a cat"], negative_prompt=[NEGATIVE] * 2, num_inference_steps=6,
+                         guidance_scale=guidance, latents=latents, output_type="np", height=32, width=32).images
     ref = torch.from_numpy(ref).permute(0, 3, 1, 2)
     assert mine.shape == ref.shape == (2, 3, 32, 32)
     assert (mine - ref).abs().max() <= TOLERANCE

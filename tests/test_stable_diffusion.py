@@ -47,7 +47,7 @@ def max_errors(sd, reference) -> dict[str, float]:
     unet, vae, text = reference
     latents, context, images = inputs()
     t = torch.tensor([999, 10])
-    ids = sd.tokenizer(["a photo of a cat", "an astronaut riding a horse, 4k"])
+    ids, _ = sd.tokenizer(["a photo of a cat", "an astronaut riding a horse, 4k"])
     posterior, theirs = sd.vae.encode(images), vae.encode(images).latent_dist
     return {
         "unet": (sd.unet(latents, t, context=context)
@@ -228,3 +228,16 @@ def test_text_encoder_with_another_mlp_width_loads_and_matches_transformers():
     ours.load_state_dict(state)
     ids = torch.randint(0, TEXT["vocab_size"], (2, 77), generator=torch.Generator().manual_seed(1))
     assert (ours(ids) - theirs(ids).last_hidden_state).abs().max().item() < TOLERANCE
+
+
+def test_the_pipelines_text_side_for_sd_reads_all_77_and_has_no_clip(loaded):
+    """SD's text side: the tokenizer's ids through the text encoder, no mask (SD's UNet reads all 77 embeddings, the
+    empty prompt encoded like any other); the pipeline's .clip is None (only CLIP's text tower is here)."""
+    from sdlesson.generate import TextToImage
+
+    pipe = TextToImage.from_stable_diffusion(loaded)
+    assert pipe.clip is None
+    context, mask = pipe.encode(["a photo of a cat", ""])
+    ids, _ = loaded.tokenizer(["a photo of a cat", ""])
+    with torch.no_grad():
+        assert mask is None and torch.equal(context, loaded.text_encoder(ids))

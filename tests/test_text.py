@@ -74,11 +74,12 @@ def test_clip_learns_to_match_captions_to_latents():
     # Four distinct 'images' and captions: a few steps of contrastive training pair each with its own.
     clip = tiny_clip()
     captions = [CAPTION, "a large dog face in the center on a gray background",
-                "a small star in the top right on a pink background", "a large tree in the bottom left on a green background"]
+                "a small star in the top right on a pink background",
+                "a large tree in the bottom left on a green background"]
     ids, mask = clip.config.tokenizer()(captions)
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    trainer = Trainer(clip, clip_loss, (latents, ids, mask), TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10),
-                      device="cpu", progress=False)
+    trainer = Trainer(clip, clip_loss, (latents, ids, mask),
+                      TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup_steps=10), device="cpu", progress=False)
     history = trainer.fit()
     assert history[-1] < 0.4 * history[0]
     with torch.no_grad():

@@ -100,7 +100,8 @@ def test_resume_refuses_a_different_train_config(tmp_path):
 
 
 def test_resume_reads_a_file_from_before_a_config_field_existed(tmp_path):
-    """A run saved before TrainConfig gained a field (lr_schedule, say) resumes: the field's default is what it ran with."""
+    """A run saved before TrainConfig gained a field (lr_schedule, say) resumes: the field's default is what it ran
+    with."""
     import json
 
     from safetensors import safe_open
@@ -204,7 +205,8 @@ def test_a_notebook_fit_ends_as_one_plain_line(monkeypatch):
             shown["last"] = obj["text/plain"]
 
     monkeypatch.setitem(sys.modules, "ipykernel", sys)
-    monkeypatch.setattr(IPython.display, "display", lambda obj, raw, display_id: shown.update(last=obj["text/plain"]) or Handle())
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda obj, raw, display_id: shown.update(last=obj["text/plain"]) or Handle())
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     trainer = small_trainer(steps=6)
     trainer.progress = True

@@ -122,7 +122,8 @@ def test_resblock_parameter_count_by_formula():
     from sdlesson.unet import ResBlock
 
     i, o, e = 32, 64, 128
-    by_hand = (2 * i) + (9 * i * o + o) + (e * o + o) + (2 * o) + (9 * o * o + o) + (i * o + o)  # norms, convs, emb, skip
+    # norms, convs, the time embedding's projection, the skip's 1×1 conv
+    by_hand = (2 * i) + (9 * i * o + o) + (e * o + o) + (2 * o) + (9 * o * o + o) + (i * o + o)
     assert count_parameters(ResBlock(i, o, e, groups=8, dropout=0.0)) == by_hand
 
 

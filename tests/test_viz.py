@@ -83,3 +83,35 @@ def test_interactive_image_shows_its_picture_as_a_plain_output_updated_in_place(
     assert new_picture.data["image/png"] != picture.data["image/png"]
     assert new_caption.update and new_caption.transient == caption.transient
     assert "t = 999" in new_caption.data["text/plain"]
+
+
+def test_text_to_image_explorer_passes_its_controls_and_options_to_the_pipeline():
+    """07's prompt box: a negative prompt box, the pipeline's own defaults, and fixed options (SD's size) per call."""
+    from sdlesson.viz import text_to_image_explorer
+
+    calls = []
+
+    class Pipe:
+        defaults = {"num_steps": 50, "guidance_scale": 7.5}
+
+        def __call__(self, prompt, **kw):
+            calls.append(dict(prompt=prompt, **kw))
+            if prompt == "bad":
+                raise ValueError("unknown word 'bad'")
+            return torch.full((kw["num_images"], 3, 8, 8), len(calls) % 256, dtype=torch.uint8)
+
+    app = text_to_image_explorer(Pipe(), prompt="a lighthouse", negative_prompt="blurry", num_images=1,
+                                 max_guidance=15, scale=1, height=8, width=8)
+    assert calls[-1] == dict(prompt="a lighthouse", num_images=1, num_steps=50, guidance_scale=7.5, seed=0,
+                             negative_prompt="blurry", height=8, width=8)
+    assert "50 DDIM steps, guidance 7.5" in app.caption and app.image.shape == (8, 8, 3)
+    app.controls["negative"].value = ""  # an empty box: no negative prompt, the empty one
+    assert calls[-1]["negative_prompt"] is None
+    first = app.png
+    app.controls["seed"].value = 3
+    assert calls[-1]["seed"] == 3 and app.png != first
+    app.controls["prompt"].value = "bad"  # the error is shown, the last picture kept
+    assert app.caption.startswith("⚠ unknown word") and app.png == to_png(app.image, scale=1)
+    plain = text_to_image_explorer(Pipe(), num_images=2)  # no negative box, no options: the course's call
+    assert "negative" not in plain.controls and set(calls[-1]) == {"prompt", "num_images", "num_steps",
+                                                                    "guidance_scale", "seed"}
