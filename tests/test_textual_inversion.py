@@ -90,14 +90,14 @@ def test_prompt_embeddings_equal_diffusers(snapshot, tmp_path, fmt, n):
     assert added == ["<cat-toy>"] + [f"<cat-toy>_{i}" for i in range(1, n)]
     prompts = ["a photo of <cat-toy> on the beach", "<cat-toy>, <cat-toy> and a dog"]
     with torch.no_grad():
-        mine = sd.text_encoder(sd.tokenizer(prompts))
+        mine = sd.text_encoder(sd.tokenizer(prompts)[0])  # ids; SD reads every position (no mask)
         ref = theirs.encode_prompt(prompts, "cpu", 1, False)[0]
     err = (mine - ref).abs().max()
     print(f"{fmt} n={n}: max |ours - diffusers| prompt embeddings = {err:.2e}")
     assert err <= 1e-5
     plain = load_stable_diffusion(snapshot)
     with torch.no_grad():
-        assert (plain.text_encoder(plain.tokenizer(prompts)) - mine).abs().max() > 0.1  # the new vectors are read
+        assert (plain.text_encoder(plain.tokenizer(prompts)[0]) - mine).abs().max() > 0.1  # the new vectors are read
 
 
 def test_image_equals_diffusers(snapshot, tmp_path):
