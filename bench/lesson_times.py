@@ -2,12 +2,14 @@
 
     python bench/lesson_times.py                       # every lesson, natively and with AVX2 kernels only
     python bench/lesson_times.py 04 05 --modes avx2    # some lessons, one machine class
+    python bench/lesson_times.py --modes native --inplace   # re-execute the committed notebooks, timed (maintainers)
 
 Two machine classes from one machine: "native" runs as the CPU is; "avx2" sets ATEN_CPU_CAPABILITY=avx2 and
 ONEDNN_MAX_CPU_ISA=AVX2, so PyTorch and oneDNN use AVX2 kernels only, as on most laptops (no AVX-512, no native
 bf16). Before timing, it checks that the emulation is real: a bf16 training step must be much slower under it
 (on a CPU that has native bf16) or the CPU must already be AVX2-only. Executed copies go to a temporary folder;
-the committed notebooks are not touched. The course's budget: 3 minutes a lesson; 15 for the course natively,
+the committed notebooks are not touched (unless --inplace: then
+the first mode's executed notebooks replace them). The course's budget: 3 minutes a lesson; 15 for the course natively,
 20 on the AVX2 class.
 """
 
@@ -50,11 +52,16 @@ def machine_line(env: dict) -> str:
     return f"{model}, {os.cpu_count()} cores; {described}; a bf16 conv step takes {ratio} an fp32 one"
 
 
-def run_lesson(path: Path, env: dict, out_dir: Path) -> float:
+def run_lesson(path: Path, env: dict, out_dir: Path | None) -> float:
+    """nbconvert's wall time for one lesson; out_dir None: executed in place."""
+    where = ["--inplace"] if out_dir is None else ["--output-dir", str(out_dir)]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                    "--ExecutePreprocessor.timeout=1800", "--output-dir", str(out_dir), str(path)],
-                   env=env, check=True, capture_output=True, cwd=path.parent)
+    run = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                          "--ExecutePreprocessor.timeout=1800", *where, str(path)],
+                         env=env, capture_output=True, text=True, cwd=path.parent)
+    if run.returncode:  # a failing lesson is reported, and the others still run
+        print(f"  {path.stem} FAILED:\n" + "\n".join(run.stderr.splitlines()[-15:]), flush=True)
+        return float("nan")
     return time.perf_counter() - start
 
 
@@ -62,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("lessons", nargs="*", help="lesson numbers (default: all), e.g. 04 05")
     parser.add_argument("--modes", default="native,avx2", help="comma-separated: native, avx2 (default: both)")
+    parser.add_argument("--inplace", action="store_true", help="the first mode's runs replace the committed notebooks")
     args = parser.parse_args()
     modes = args.modes.split(",")
     if unknown := [m for m in modes if m not in MODES]:
@@ -77,7 +85,7 @@ def main() -> None:
             env = {**os.environ, **MODES[mode]}
             print(f"{mode}: {machine_line(env)}", flush=True)
             for path in lessons:
-                seconds = run_lesson(path, env, Path(tmp))
+                seconds = run_lesson(path, env, None if args.inplace and mode == modes[0] else Path(tmp))
                 times.setdefault(path.stem, {})[mode] = seconds
                 print(f"  {path.stem:<32} {seconds:6.0f} s", flush=True)
     print("\n| lesson | " + " | ".join(modes) + " |\n|---|" + "---|" * len(modes))
