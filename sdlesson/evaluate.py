@@ -177,7 +177,7 @@ def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int 
     the kept region and over the part at least one latent cell from the repainted cells (the decoder's reach blurs
     the border); and the round trip's own change to the init image there, for scale. judge: per attribute, the
     share of images the judge reads as the prompt's (share, standard error); "init object" the share still showing
-    the init's object."""
+    the init's object; "images" the inpainted images (uint8)."""
     import torch.nn.functional as F
 
     from .checks import check_mask
@@ -203,7 +203,7 @@ def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int 
             "round trip's own max change to the init, kept / far": (int(vae_change[kept].max()),
                                                                    int(vae_change[far].max()) if far.any() else None),
             "judge": {a: _share(labels[:, k] == prompt.labels[k]) for k, a in enumerate(ATTRIBUTES)},
-            "init object": _share(labels[:, 0] == init.labels[0]), "num_images": num_images}
+            "init object": _share(labels[:, 0] == init.labels[0]), "num_images": num_images, "images": out}
 
 
 def __getattr__(name: str):
