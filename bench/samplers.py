@@ -24,23 +24,18 @@ model 2n - 1 times for n steps, so the table gives model calls beside steps.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from sdlesson import pretrained as pre
-from sdlesson.evaluate import judge_scenes, prompt_set
+from sdlesson.evaluate import judge_scenes, mean_se, prompt_set, rmse_to, timed_run
 from sdlesson.generate import DEFAULT_GUIDANCE, TextToImage
-from sdlesson.samplers import make_sampler, sample
+from sdlesson.samplers import make_sampler
 
 CONTESTANTS = {  # label: (sampler name, karras)
     "DDIM": ("ddim", False), "Euler": ("euler", False), "Euler a": ("euler_a", False), "Heun": ("heun", False),
     "DPM++ 2M": ("dpmpp_2m", False), "DPM++ 2M Karras": ("dpmpp_2m", True), "Euler Karras": ("euler", True)}
 ANCESTRAL = {"euler_a", "ddpm"}
-
-
-def mean_se(values: torch.Tensor) -> tuple[float, float]:
-    return values.mean().item(), (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
 
 
 _done = {}
@@ -52,12 +47,9 @@ def run(pipe, name: str, karras: bool, steps: int, latents, cond, uncond, seed: 
     if (name, karras, steps) in _done:  # the reference's half-steps run is DDIM-50 at the default 100
         return _done[name, karras, steps]
     sampler = make_sampler(name, pipe.schedule, karras=karras, clip_sample=None)
-    start = time.perf_counter()
-    z = sample(pipe.unet, sampler, latents.shape, num_steps=steps, latents=latents, cond=cond, uncond=uncond,
-               guidance_scale=DEFAULT_GUIDANCE, generator=torch.Generator().manual_seed(seed), progress=False,
-               device=pipe.device)
-    images = pipe.decode(z, "float")  # [0, 1]; the judge reads them as uint8, as the pipeline returns them
-    _done[name, karras, steps] = images, time.perf_counter() - start, len(sampler.timesteps)
+    # images in [0, 1]; the judge reads them as uint8, as the pipeline returns them
+    _done[name, karras, steps] = timed_run(pipe, sampler, latents, cond, uncond, num_steps=steps, seed=seed,
+                                           guidance_scale=DEFAULT_GUIDANCE)
     return _done[name, karras, steps]
 
 
@@ -89,7 +81,7 @@ def main() -> None:
 
     reference, ref_seconds, _ = run(pipe, "heun", False, args.reference_steps, latents, cond, uncond, args.seed)
     check, _, _ = run(pipe, "heun", False, args.reference_steps // 2, latents, cond, uncond, args.seed)
-    floor = ((check - reference) ** 2).mean((1, 2, 3)).sqrt()
+    floor = rmse_to(check, reference)
     print(f"{len(scenes)} prompts (seen pairs), guidance {DEFAULT_GUIDANCE}, device {args.device}, "
           f"{torch.get_num_threads()} threads")
     print(f"reference: Heun, {args.reference_steps} steps ({ref_seconds / len(scenes):.3f} s/image); its floor, "
@@ -101,7 +93,7 @@ def main() -> None:
         name, karras = CONTESTANTS[label]
         for steps in sorted(set(args.steps + (args.ddim_steps if label == "DDIM" else []))):
             images, seconds, calls = run(pipe, name, karras, steps, latents, cond, uncond, args.seed)
-            rmse = ((images - reference) ** 2).mean((1, 2, 3)).sqrt()
+            rmse = rmse_to(images, reference)
             found = (judge_scenes(judge, to_uint8(images))[0] == labels).float().mean(1)  # per prompt: share of 4
             d, d_se = mean_se(rmse)
             a, a_se = mean_se(found)

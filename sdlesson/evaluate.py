@@ -101,6 +101,38 @@ def prompt_adherence(pipe, scenes_: list, *, guidance_scale: float, num_steps: i
     return judge_scenes(judge, images)[0] == torch.tensor([s.labels for s in scenes_])
 
 
+# --- samplers raced (lesson 08, bench/samplers.py): the distance of each image to a reference from the same noise
+
+def mean_se(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-image values and its standard error s / √n (nan for one value)."""
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return values.mean().item(), (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
+
+
+def rmse_to(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per image, the root-mean-square difference (N,) of images from the reference (same shape, [0, 1] floats)."""
+    if images.shape != reference.shape:
+        raise ValueError(f"images and reference must have one shape, got {tuple(images.shape)} and "
+                         f"{tuple(reference.shape)}")
+    return ((images.float() - reference.float()) ** 2).mean(tuple(range(1, images.dim()))).sqrt()
+
+
+@torch.no_grad()
+def timed_run(pipe, sampler, latents: torch.Tensor, cond: dict, uncond: dict, *, num_steps: int, seed: int = 0,
+              guidance_scale: float | None = None) -> tuple[torch.Tensor, float, int]:
+    """One sampler's images from the given start noise x_T (N, 4, h, w): decoded floats in [0, 1], the seconds it
+    took (sampling, the guided UNet as one batch of 2N, and decoding) and the model calls it made."""
+    import time
+
+    guidance_scale = pipe.defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    start = time.perf_counter()
+    z = sample(pipe.unet, sampler, latents.shape, num_steps=num_steps, latents=latents, cond=cond, uncond=uncond,
+               guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(seed), progress=False,
+               device=pipe.device)
+    images = pipe.decode(z, "float")
+    return images, time.perf_counter() - start, len(sampler.timesteps)
+
+
 # --- img2img and inpainting on the course's model (lesson 08): what survives of the init image, what the prompt adds
 
 def _share(hits: torch.Tensor) -> tuple[float, float]:
@@ -114,7 +146,8 @@ def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0),
                      num_steps: int = DEFAULT_STEPS, seed: int = 0, judge=None) -> list[dict]:
     """img2img of one rendered scene `init` (a scenes.Scene) under the caption of `prompt` (a Scene that differs in
     an attribute or more), at each strength: PSNR and SSIM of the images to the init image (mean, standard error),
-    and per attribute the share the judge reads as the prompt's and as the init's ((share, standard error) each)."""
+    and per attribute the share the judge reads as the prompt's and as the init's ((share, standard error) each);
+    "images": the images themselves (uint8), to look at."""
     from .metrics import psnr, ssim
     from .scenes import render
 
@@ -130,7 +163,8 @@ def img2img_survival(pipe, init, prompt, *, strengths=(0.2, 0.4, 0.6, 0.8, 1.0),
         rows.append({"strength": strength, "psnr": (p.mean().item(), p.std().item() / len(p) ** 0.5),
                      "ssim": (s.mean().item(), s.std().item() / len(s) ** 0.5),
                      "prompt": {a: _share(labels[:, k] == prompt.labels[k]) for k, a in enumerate(ATTRIBUTES)},
-                     "init": {a: _share(labels[:, k] == init.labels[k]) for k, a in enumerate(ATTRIBUTES)}})
+                     "init": {a: _share(labels[:, k] == init.labels[k]) for k, a in enumerate(ATTRIBUTES)},
+                     "images": out})
     return rows
 
 
@@ -144,7 +178,7 @@ def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int 
     the kept region and over the part at least one latent cell from the repainted cells (the decoder's reach blurs
     the border); and the round trip's own change to the init image there, for scale. judge: per attribute, the
     share of images the judge reads as the prompt's (share, standard error); "init object" the share still showing
-    the init's object."""
+    the init's object; "images" the inpainted images (uint8)."""
     import torch.nn.functional as F
 
     from .checks import check_mask
@@ -170,7 +204,7 @@ def inpainting_check(pipe, init, prompt, mask: torch.Tensor, *, num_images: int 
             "round trip's own max change to the init, kept / far": (int(vae_change[kept].max()),
                                                                    int(vae_change[far].max()) if far.any() else None),
             "judge": {a: _share(labels[:, k] == prompt.labels[k]) for k, a in enumerate(ATTRIBUTES)},
-            "init object": _share(labels[:, 0] == init.labels[0]), "num_images": num_images}
+            "init object": _share(labels[:, 0] == init.labels[0]), "num_images": num_images, "images": out}
 
 
 def __getattr__(name: str):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import to_float, to_uint8
+from .data import from_float, to_float, to_uint8
 from .metrics import psnr
 from .samplers import SAMPLERS, make_sampler, sample
 from .scenes import parse_caption
@@ -376,4 +376,34 @@ def lora_scale_explorer(pipe, *, prompt: str = "a large turtle in the center on 
                             layout=widgets.Layout(width="520px")),
         lora_scale=widgets.FloatSlider(value=1.0, min=0.0, max=max_scale, step=0.25, description="LoRA scale"),
         seed=widgets.IntText(value=0, description="seed", layout=widgets.Layout(width="150px")),
+    )
+
+
+def img2img_explorer(pipe, init_image: torch.Tensor, prompts: list[str], *,
+                     strengths=(0.04, 0.08, 0.16, 0.32, 0.6, 1.0),
+                     num_images: int = 4, num_steps: int = 25, seed: int = 0) -> InteractiveImage:
+    """img2img's strength slider: the init image (1, 3, H, W) beside num_images images of the chosen prompt, noised
+    to the level the strength picks and denoised from there (SDEdit). Each picture is made once, then remembered."""
+    import ipywidgets as widgets
+
+    cache = {}
+
+    def render(prompt, strength):
+        if (prompt, strength) not in cache:
+            start = time.perf_counter()
+            images = pipe(prompt, num_images=num_images, init_image=init_image, strength=strength,
+                          num_steps=num_steps, seed=seed)
+            steps = min(int(num_steps * strength), num_steps)
+            init = from_float(to_float(init_image[:1]).cpu())  # (1, 3, H, W) uint8, shown first
+            cache[prompt, strength] = (image_grid(torch.cat([init, images]),
+                                                  nrow=num_images + 1, pad=2),
+                                       f"strength {strength:g}: noised to step {steps} of {num_steps}, {steps} steps "
+                                       f"back under '{prompt}' ({time.perf_counter() - start:.1f} s); left: the init")
+        return cache[prompt, strength]
+
+    return InteractiveImage(
+        render,
+        prompt=widgets.Dropdown(options=list(prompts), description="prompt", layout=widgets.Layout(width="520px")),
+        strength=widgets.SelectionSlider(options=list(strengths), value=strengths[len(strengths) // 2],
+                                         description="strength"),
     )

@@ -115,3 +115,31 @@ def test_text_to_image_explorer_passes_its_controls_and_options_to_the_pipeline(
     plain = text_to_image_explorer(Pipe(), num_images=2)  # no negative box, no options: the course's call
     assert "negative" not in plain.controls and set(calls[-1]) == {"prompt", "num_images", "num_steps",
                                                                     "guidance_scale", "seed"}
+
+
+def test_img2img_explorer_redraws_with_the_strength_and_the_prompt():
+    from conftest import tiny_unet_config
+    from sdlesson.generate import TextToImage
+    from sdlesson.text import CLIP, CLIPConfig
+    from sdlesson.unet import UNet
+    from sdlesson.vae import VAE, VAEConfig
+    from sdlesson.viz import img2img_explorer
+
+    torch.manual_seed(0)
+    pipe = TextToImage(CLIP(CLIPConfig(width=16, layers=1, heads=2, image_width=8, embed_dim=8)),
+                       UNet(tiny_unet_config(in_channels=4, context_dim=16)),
+                       VAE(VAEConfig(block_channels=(8, 16), norm_groups=4, patch_size=4)), latent_scale=0.5)
+    init = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    prompts = ["a small cat face in the top left on a blue background",
+               "a large star in the center on a pink background"]
+    app = img2img_explorer(pipe, init, prompts, strengths=(0.25, 1.0), num_images=2, num_steps=4)
+    assert app.controls["strength"].value == 1.0 and "strength 1:" in app.caption and "4 steps back" in app.caption
+    np.testing.assert_array_equal(app.image[2:66, 2:66], init[0].permute(1, 2, 0).numpy())  # the init, first
+    expected = pipe(prompts[0], num_images=2, init_image=init, strength=1.0, num_steps=4, seed=0)
+    np.testing.assert_array_equal(app.image[2:66, 68:132], expected[0].permute(1, 2, 0).numpy())
+    before = app.png
+    app.controls["strength"].value = 0.25
+    assert app.png != before and "strength 0.25:" in app.caption and "1 steps back" in app.caption
+    weak = app.image.copy()
+    app.controls["prompt"].value = prompts[1]
+    assert prompts[1] in app.caption and not np.array_equal(app.image, weak)
