@@ -37,7 +37,7 @@ from . import pretrained as pre
 from .checks import (check_device, check_float_tensor, check_images, check_int, check_mask, check_number, check_seed,
                      describe)
 from .data import from_float, to_float
-from .samplers import Sampler, make_sampler
+from .samplers import Sampler, make_sampler, timestep_batch
 from .schedule import NoiseSchedule
 from .text import CLIP, unconditional
 
@@ -289,7 +289,7 @@ class TextToImage:
     def _predict_noise(self, x, t, cond: dict, both: dict | None, guidance_scale: float) -> torch.Tensor:
         """ε̂ at x_t; with guidance one batch of 2N, [cond; uncond]: ε̂ = ε̂_u + s (ε̂_c − ε̂_u)."""
         dtype = next(self.unet.parameters()).dtype  # the UNet may run in fp16; the sampler's math stays fp32
-        t_batch = torch.full((len(x),), int(t), device=self.device, dtype=torch.long)
+        t_batch = timestep_batch(torch.as_tensor(t), len(x), self.device)  # fractional t passed exactly, as diffusers
         if both is None:
             return self.unet(x.to(dtype), t_batch, **cond).float()
         eps, eps_uncond = self.unet(torch.cat([x, x]).to(dtype), torch.cat([t_batch, t_batch]), **both).float().chunk(2)

@@ -378,8 +378,9 @@ def load_sd_lora(sd, path_or_state, *, scale: float = 1.0, merge: bool = False) 
     (W back up to rounding: an exact copy of every adapted SD weight would cost up to 1.4 GB in fp32)
     Every layer is found and every shape checked before any adapter is added. Returns the adapted layers' names."""
     unet = sd.unet
-    text = getattr(sd, "text_encoder", None) or getattr(getattr(sd, "text", None), "text_encoder", None)
-    if text is None:
+    side = getattr(sd, "text", None)  # a TextToImage's text side; the course's holds its small CLIP, SD's none
+    text = getattr(sd, "text_encoder", None) or getattr(side, "text_encoder", None)
+    if text is None or getattr(side, "clip", None) is not None:
         raise TypeError(f"load_sd_lora expects Stable Diffusion's networks (a StableDiffusion, or a TextToImage made "
                         f"by from_stable_diffusion), got {type(sd).__name__}; for the course's model use load_lora")
     models = {"unet": unet, "text_encoder": text}

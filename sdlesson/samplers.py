@@ -460,6 +460,14 @@ def make_sampler(name: str, schedule: NoiseSchedule, *, karras: bool = False, **
     return cls(schedule, **kwargs)
 
 
+def timestep_batch(t: torch.Tensor, n: int, device) -> torch.Tensor:
+    """One plan timestep for a batch of n, as the UNet takes it: fractional timesteps (Euler-family plans) passed
+    exactly as float32, integer ones (DDPM, DDIM) as long."""
+    if t.is_floating_point():
+        return torch.full((n,), t.item(), device=device, dtype=torch.float32)
+    return torch.full((n,), int(t), device=device, dtype=torch.long)
+
+
 def _cat_kwargs(a: dict, b: dict) -> dict:
     """Two sets of model keyword arguments -> one, each tensor stacked on the batch: [cond; uncond]."""
     if a.keys() != b.keys():
@@ -505,10 +513,7 @@ def sample(model, sampler: Sampler, shape, *, num_steps: int = 50, generator: to
     kept = []
     timesteps = sampler.timesteps[start:]
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
-        if t.is_floating_point():  # fractional timesteps (Euler-family plans): passed exactly
-            t_batch = torch.full((shape[0],), t.item(), device=device, dtype=torch.float32)
-        else:
-            t_batch = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        t_batch = timestep_batch(t, shape[0], device)
         if both is not None:  # one forward pass on [x; x] with [cond; uncond]
             eps, eps_uncond = model(torch.cat([x, x]).to(dtype), torch.cat([t_batch, t_batch]), **both).chunk(2)
         else:

@@ -67,7 +67,8 @@ def load_textual_inversion(sd, path_or_state, *, token: str | None = None) -> li
     sd: a StableDiffusion, or a TextToImage on SD weights (its text side is used). Returns the tokens added:
     [token] or [token, token_1, …] for an (n, d) embedding; prompts use `token` alone."""
     side = sd if hasattr(sd, "text_encoder") else getattr(sd, "text", None)
-    if not hasattr(side, "text_encoder") or not hasattr(side.tokenizer, "add_tokens"):
+    course = getattr(side, "clip", None) is not None  # the course's text side (its small CLIP), not SD's
+    if course or not hasattr(side, "text_encoder") or not hasattr(side.tokenizer, "add_tokens"):
         raise TypeError(f"load_textual_inversion expects Stable Diffusion's text side (a StableDiffusion, or a "
                         f"TextToImage made by from_stable_diffusion), got {type(sd).__name__}; for the course's "
                         "model, finetune.add_word adds a word")

@@ -47,7 +47,7 @@ def test_added_tokens_get_transformers_ids(snapshot):
     for prompt in ["A photo of <cat-toy> <cat-toy>_1x on the beach", "a<cat-toy>b", "<CAT-TOY> x", "ab<cat-toy>_1",
                    "a  <cat-toy>_1xx sksx sksxy", "<cat-toy>,<cat-toy>", "É-THING<|endoftext|>sksx"]:
         expected = theirs(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids[0]
-        assert torch.equal(ours([prompt])[0], expected), prompt
+        assert torch.equal(ours([prompt])[0][0], expected), prompt  # (ids, mask): the one prompt's ids
     assert ours.decode(ours.encode("a <cat-toy> sksx")) == "a <cat-toy> sksx"
     with pytest.raises(ValueError, match="written as prompts are read"):
         ours.add_tokens(["<Cat>"])
