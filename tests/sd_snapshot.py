@@ -128,3 +128,19 @@ def course_configs():
     unet = unet_config_from_diffusers(UNET | {"out_channels": 4})
     vae = vae_config_from_diffusers(VAE | {"in_channels": 3})[0]
     return {"unet": unet, "vae": vae, "text": text_config_from_transformers(TEXT)}
+
+
+def diffusers_pipeline(root: Path, seed: int = 3):
+    """diffusers' SD pipeline (DDIM as SD's) on fresh copies of the snapshot's models, written with reference_models(
+    seed): fresh, because load_lora_weights and load_textual_inversion change the models a pipeline holds."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer as HFTokenizer
+
+    unet, vae, text = reference_models(seed=seed)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                              steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False)
+    tokenizer = HFTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, unet=unet, scheduler=scheduler, tokenizer=tokenizer,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from sd_snapshot import reference_models, write_snapshot
+from sd_snapshot import diffusers_pipeline, reference_models, write_snapshot
 from sdlesson import lora as L
 
 TOLERANCE = 1e-4  # max abs difference of images in [0, 1], fp32
@@ -161,21 +161,6 @@ LAYOUTS = {"kohya": kohya_layout, "peft": peft_layout, "processor": processor_la
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
     return write_snapshot(tmp_path_factory.mktemp("sd"), reference_models(seed=3))
-
-
-def diffusers_pipeline(root):
-    """diffusers' pipeline on fresh copies of the snapshot's models (load_lora_weights changes the models it holds)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
-    unet, vae, text = reference_models(seed=3)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False)
-    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, unet=unet, scheduler=scheduler, tokenizer=tokenizer,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def images(ours, theirs, *, scale):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sd_snapshot import TEXT, reference_models, write_snapshot
+from sd_snapshot import TEXT, diffusers_pipeline, reference_models, write_snapshot
 from sdlesson.clip_tokenizer import CLIPTokenizer
 from sdlesson.textual_inversion import load_textual_inversion, read_embedding
 
@@ -20,20 +20,6 @@ WIDTH = TEXT["hidden_size"]
 @pytest.fixture(scope="module")
 def snapshot(tmp_path_factory):
     return write_snapshot(tmp_path_factory.mktemp("sd"), reference_models(seed=3))
-
-
-def diffusers_pipeline(root):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer as HFTokenizer
-
-    unet, vae, text = reference_models(seed=3)
-    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                              steps_offset=1, timestep_spacing="leading", set_alpha_to_one=False)
-    tokenizer = HFTokenizer.from_pretrained(str(root / "tokenizer"), model_max_length=77)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, unet=unet, scheduler=scheduler, tokenizer=tokenizer,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def test_added_tokens_get_transformers_ids(snapshot):
