@@ -29,6 +29,8 @@ def schedule(request):
 # Markers (registered in pyproject.toml): `python -m pytest tests -m "not slow"` runs the unit tests alone.
 DOOR_TESTS = {"test_browser.py", "test_wheel.py", "test_first_cell.py"}  # install doors: venvs, JupyterLab, Chromium
 SLOW_TESTS = {"test_shipped_behaviour.py",  # the shipped models measured: recipes trained, evaluate_* run
+              # whole pipelines against diffusers on tiny SD snapshots (minutes; CI runs them on 3.11)
+              "test_sd_pipeline.py", "test_img2img.py", "test_lora.py", "test_textual_inversion.py",
               # `python -m sdlesson train` in subprocesses (40-step runs, a killed run, torchrun with 2 processes)
               "test_recipes.py::test_same_command_twice_gives_identical_tensors",
               "test_recipes.py::test_killed_run_resumes_to_the_uninterrupted_result",
