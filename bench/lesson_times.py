@@ -25,23 +25,8 @@ from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MODES = {"native": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
-PROBE = """
-import time, torch
-from sdlesson import devices
-net = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(64, 64, 3, padding=1))
-x = torch.randn(32, 64, 16, 16)
-def step(dtype):
-    best = float("inf")
-    for _ in range(4):
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            loss = net(x).float().square().mean()
-        loss.backward()
-        best = min(best, time.perf_counter() - start)
-    return best
-print(devices.describe_cpu())
-print(f"{step(torch.bfloat16) / step(None):.1f}x")
-"""
+PROBE = ("from sdlesson import devices; print(devices.describe_cpu()); "
+         "print(f'{devices.bf16_step_ratio(batch=32):.1f}x')")
 
 
 def machine_line(env: dict) -> str:
