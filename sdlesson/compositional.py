@@ -320,3 +320,11 @@ def all_compositions() -> dict[str, list[tuple]]:
     """Every object–colour, object–object and count–object composition of the world, by kind of composition."""
     return {"colour": list(itertools.product(KINDS, COLOURS)), "pair": list(itertools.combinations(KINDS, 2)),
             "count": list(itertools.product(KINDS, range(2, MAX_OBJECTS + 1)))}
+
+
+def vocabulary() -> tuple[str, ...]:
+    """Every word a caption or a GenEval prompt of this world can use, sorted (the tokenizer's vocabulary)."""
+    words = {"an", "and", "on", "background", *NUMBERS.values(), *KINDS, *PLURALS.values(), *COLOURS}
+    for phrase in BACKGROUNDS + RELATIONS:
+        words.update(phrase.split())
+    return tuple(sorted(words))

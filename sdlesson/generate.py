@@ -43,6 +43,9 @@ from .text import CLIP, unconditional
 
 # The defaults, here and nowhere else (the command line, the reports and the explorers read them from here):
 DEFAULT_STEPS = 25  # the course's models: what the model card's adherence figures and timings use
+# Each world's text side, noise predictor and decoder (shipped checkpoints), for TextToImage.from_pretrained.
+WORLDS = {"scenes": ("scene_clip", "scene_text_unet", "scene_vae_decoder"),
+          "compositional": ("comp_clip", "comp_text_unet", "comp_vae")}
 DEFAULT_GUIDANCE = 3.0  # the course's models: what the model card's adherence figures use
 SD_GUIDANCE, SD_STEPS = 7.5, 50  # Stable Diffusion's defaults
 # SD's sampling as released: timesteps 981, 961, …, 1 at 50 steps ("leading" spacing, offset 1); DDIM's last step
@@ -149,13 +152,18 @@ class TextToImage:
         self.defaults = dict(num_steps=num_steps, guidance_scale=guidance_scale)
 
     @classmethod
-    def from_pretrained(cls, *, device="cpu") -> "TextToImage":
-        """The course's shipped scene models: 64×64 images of the emoji-scene world. The decoder is the fine-tuned
-        one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card)."""
+    def from_pretrained(cls, world: str = "scenes", *, device="cpu") -> "TextToImage":
+        """The course's shipped text-to-image models for a world, 64×64 images:
+
+        "scenes": the emoji scenes (lessons 04–05, 08–09), one object whose caption fixes the picture. The decoder
+        is the fine-tuned one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card).
+        "compositional": 1–4 coloured objects whose captions leave things out (lesson 06), where guidance matters.
+        """
+        if world not in WORLDS:
+            raise ValueError(f"unknown world {world!r}; expected one of {', '.join(map(repr, WORLDS))}")
         device = check_device(device)
-        return cls(pre.load_pretrained("scene_clip", device=device),
-                   pre.load_pretrained("scene_text_unet", device=device),
-                   pre.load_pretrained("scene_vae_decoder", device=device), latent_scale=pre.scene_latent_scale())
+        clip, unet, vae = (pre.load_pretrained(name, device=device) for name in WORLDS[world])
+        return cls(clip, unet, vae, latent_scale=pre.latent_scale_of(WORLDS[world][2]))
 
     @classmethod
     def from_stable_diffusion(cls, weights, *, device="cpu", dtype: torch.dtype | None = None) -> "TextToImage":
@@ -323,16 +331,18 @@ class TextToImage:
 
 @torch.no_grad()
 def attention_per_word(pipe: TextToImage, prompt: str, *, t: int = 500, seed: int = 0,
-                       levels: tuple[str, ...] = ("down.1", "up.1")) -> tuple[torch.Tensor, torch.Tensor]:
+                       levels: tuple[str, ...] = ("down.1", "up.1"), image: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the UNet reads each token of `prompt`: the image the pipeline makes for it, uint8 (3, H, W), and one map
     per token (L, h, w) — the cross-attention weights, averaged over heads and over the layers of `levels` (which must
     share one latent size: the course's scene UNet's 4×4 levels by default).
 
     The maps are read at noise level t from the image's own latents (the VAE posterior's mean, noised with the seed's
-    ε), in one UNet call under the prompt: at each latent position the weights over the L tokens sum to 1."""
+    ε), in one UNet call under the prompt: at each latent position the weights over the L tokens sum to 1.
+    image: read the maps on this uint8 image (3, H, W) instead of making one (to compare levels and t on one image)."""
     from .unet import recording_attention
 
-    image = pipe(prompt, num_images=1, seed=seed)  # (1, 3, H, W) uint8
+    image = pipe(prompt, num_images=1, seed=seed) if image is None else image[None]  # (1, 3, H, W) uint8
     context, mask = pipe.encode([prompt])
     z0 = pipe.encode_image(image, sample=False)  # (1, 4, h, w): the latents of the image itself
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(pipe.device)

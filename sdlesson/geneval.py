@@ -306,6 +306,95 @@ def geneval(prompts: list[Prompt], images: torch.Tensor) -> dict[str, tuple[floa
     return table
 
 
+# --- a text-to-image model under the evaluator ------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_for(pipe, prompts: list[Prompt], n: int = 4, *, guidance_scale: float, num_steps: int | None = None,
+                 seed: int = 0, sampler: str = "ddim", negative_prompt: str | None = None,
+                 batch_size: int = 200) -> torch.Tensor:
+    """n pictures of each prompt from a TextToImage pipeline: uint8 (P, n, 3, H, W), ready for geneval().
+
+    Picture j of prompt i starts from the same noise whatever the guidance scale (all noise is drawn up front from
+    `seed`), so a sweep over scales compares the same seeds, and its differences are the scale's alone.
+    """
+    check_int("n", n, low=1)
+    texts = [p.text for p in prompts for _ in range(n)]
+    side = pipe.unet.config.sample_size
+    noise = torch.randn((len(texts), pipe.unet.config.in_channels, side, side),
+                        generator=torch.Generator().manual_seed(seed))
+    images = torch.cat([pipe(texts[i:i + batch_size], latents=noise[i:i + batch_size], guidance_scale=guidance_scale,
+                             num_steps=num_steps, sampler=sampler, negative_prompt=negative_prompt)
+                        for i in range(0, len(texts), batch_size)])
+    return images.view(len(prompts), n, *images.shape[1:])
+
+
+def open_prompts() -> list[Prompt]:
+    """The most under-specified prompts, one kind each ("a car"): colour, place and background are left open."""
+    return [_prompt("single_object", [(k, None, None)]) for k in cw.KINDS]
+
+
+def mean_diversity(prompts: list[Prompt], images: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """diversity() of each prompt's pictures (P, N, 3, H, W), averaged over the prompts: {attribute: (mean, standard
+    error over prompts)}."""
+    per: dict[str, list[float]] = {}
+    for prompt, pictures in zip(prompts, images):
+        for name, value in diversity(prompt, read_images(pictures)).items():
+            per.setdefault(name, []).append(value)
+    return {name: (float(np.mean(v)), float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0)
+            for name, v in per.items()}
+
+
+def format_table(tables: dict[str, dict[str, tuple[float, float, int]]]) -> str:
+    """geneval() tables side by side: one row per category, one column per table (e.g. per guidance scale),
+    each cell "score ± standard error" in percent."""
+    names = list(tables)
+    lines = [f"{'':15}" + "".join(f"{name:>14}" for name in names)]
+    for category in [*CATEGORIES, "overall"]:
+        cells = [tables[name].get(category) for name in names]
+        if any(cells):
+            lines.append(f"{category:15}" + "".join(f"{100 * c[0]:>8.1f} ±{100 * c[1]:>4.1f}" if c else f"{'':>14}"
+                                                 for c in cells))
+    return "\n".join(lines)
+
+
+def word_localisation(pipe, prompts: list[Prompt], *, levels: dict[str, tuple[str, ...]], ts: tuple[int, ...],
+                      seed: int = 0) -> dict[tuple[str, int], tuple[float, float, float]]:
+    """Does a word's cross-attention fall on its object? For each prompt's picture (one, from `seed`) and each kind
+    it names that the reader finds: the share of the kind word's attention map inside the object's box, at each
+    latent level (a name -> the UNet layers of one size, for generate.attention_per_word) and noise level t.
+
+    Returns {(level, t): (mean share, its standard error, the mean share a map spread evenly would put there)}; the
+    last is the box's share of the map, the chance the first is measured against."""
+    from .generate import attention_per_word
+
+    shares: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for prompt in prompts:
+        image = pipe(prompt.text, num_images=1, seed=seed)[0]
+        reading, words = read_image(image), ["<bos>", *prompt.text.split()]
+        for level, layers in levels.items():
+            for t in ts:
+                _, maps = attention_per_word(pipe, prompt.text, t=t, levels=layers, image=image)  # (L, h, w)
+                for kind, _, _ in prompt.objects:
+                    found = [o for o in reading.objects if o.kind == kind]
+                    if not found or kind not in words:
+                        continue
+                    word_map = maps[words.index(kind)]
+                    inside = box_coverage(found[0].box, word_map.shape, image.shape[-1])
+                    share = float((word_map * inside).sum() / word_map.sum())
+                    shares.setdefault((level, t), []).append((share, float(inside.mean())))
+    return {key: (float(np.mean([s for s, _ in v])), float(np.std([s for s, _ in v], ddof=1) / math.sqrt(len(v))),
+                  float(np.mean([c for _, c in v]))) for key, v in shares.items() if len(v) > 1}
+
+
+def box_coverage(box: tuple[int, int, int, int], grid: tuple[int, int], image_size: int) -> torch.Tensor:
+    """How much of each cell of an (h, w) grid laid over the image a pixel box covers, 0 … 1 per cell."""
+    h, w = grid
+    pixels = torch.zeros(image_size, image_size)
+    x0, y0, x1, y1 = box
+    pixels[y0:y1, x0:x1] = 1
+    return F.adaptive_avg_pool2d(pixels[None, None], (h, w))[0, 0]
+
+
 # --- diversity and memorisation ------------------------------------------------------------------------------------
 
 def open_attributes(prompt: Prompt, readings: list[Reading]) -> dict[str, list]:

@@ -28,8 +28,9 @@ import torch
 from .checkpoint import load_weights, read_metadata
 from .classifier import Classifier, ClassifierConfig, classification_loss
 from .data import load_silhouettes
-from .latents import encode_scenes, latent_scale
-from .pretrained import checkpoint_path, hardware, load_pretrained, scene_latent_scale
+from . import compositional
+from .latents import encode_images, encode_scenes, latent_scale
+from .pretrained import checkpoint_path, hardware, latent_scale_of, load_pretrained, scene_latent_scale
 from .scenes import make_scenes
 from .schedule import DiffusionLoss, NoiseSchedule
 from .text import CLIP, CLIPConfig, clip_loss, encode_prompts
@@ -86,6 +87,24 @@ SCENE_CLIP_TRAIN = TrainConfig(steps=1000, batch_size=256, lr=1e-3, warmup_steps
 SCENE_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, context_dim=SCENE_CLIP.width)
 SCENE_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=4000)
 SCENE_TEXT_P_UNCOND = 0.1
+
+# Compositional scenes (lesson 06): 1–4 recoloured objects on a 2×2 grid, captions that leave things out. The emoji
+# scenes' VAE cannot draw them (15 dB), so the same autoencoder recipe is trained on this world: same config, loss
+# and schedule, its own data. (One VAE for both worlds would mean retraining lessons 04–05's models as well.)
+COMP_VAE = VAEConfig()
+COMP_VAE_TRAIN = dataclasses.replace(SCENE_VAE_TRAIN, steps=6000)
+COMP_TRAIN_SEED, COMP_TEST_SEED, COMP_TRAIN_COUNT = 0, 1, 50000
+# Its CLIP: the 41 words of the world, captions up to 16 words (+ <bos> and <eos>), the image tower on its latents.
+COMP_CLIP = CLIPConfig(vocab=compositional.vocabulary(), max_length=20)
+COMP_CLIP_TRAIN = dataclasses.replace(SCENE_CLIP_TRAIN, steps=2000)
+# The noise predictor: cross-attention at every level, 8×8 included, so a word can find its object's 4×4 patch of
+# latent; a wider coarse level for the many compositions. Captions dropped for 10% of examples (guidance).
+COMP_TEXT_UNET = UNetConfig(in_channels=4, sample_size=8, block_channels=(64, 128, 192),
+                            attention_levels=(True, True, True), attention_head_dim=32, norm_groups=32,
+                            context_dim=COMP_CLIP.width)
+COMP_TEXT_TRAIN = TrainConfig(steps=12000, batch_size=64, lr=1e-3, warmup_steps=200, lr_schedule="cosine",
+                              ema_decay=0.999, checkpoint_every=500)
+COMP_TEXT_P_UNCOND = 0.1
 
 
 # --- the recipe ---------------------------------------------------------------------------------------------------
@@ -180,6 +199,34 @@ def _text_unet_data():  # the frozen text encoder's token embeddings, computed o
     return latents, context, mask
 
 
+def comp_train_count() -> int:
+    """How many compositional training scenes: COMP_TRAIN_COUNT, or SDLESSON_RECIPE_SCENES if set."""
+    return _env_int("SDLESSON_RECIPE_SCENES") or COMP_TRAIN_COUNT
+
+
+def _comp_images():
+    return compositional.make_scenes(comp_train_count(), seed=COMP_TRAIN_SEED)[0]  # uint8 (50000, 3, 64, 64)
+
+
+@functools.lru_cache(maxsize=1)
+def _comp_latents(count: int):
+    """The compositional training scenes' latents (× comp_vae's scale) and captions, encoded once per process."""
+    images, captions, _ = compositional.make_scenes(count, seed=COMP_TRAIN_SEED)
+    return encode_images(load_pretrained("comp_vae"), images) * latent_scale_of("comp_vae"), captions
+
+
+def _comp_clip_data():
+    latents, captions = _comp_latents(comp_train_count())
+    ids, mask = COMP_CLIP.tokenizer()(captions)
+    return latents, ids, mask
+
+
+def _comp_text_unet_data():
+    latents, captions = _comp_latents(comp_train_count())
+    context, mask = encode_prompts(load_pretrained("comp_clip"), captions)
+    return latents, context, mask
+
+
 def _vae_metadata(vae, images) -> dict:
     """The latent scale factor, 1 / std of the training latents (SD's 0.18215 rule), stored with the VAE."""
     return {"latent_scale": latent_scale(vae, images[:2000])}
@@ -206,6 +253,12 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("scene_vae_decoder", VAE, SCENE_VAE, SCENE_DECODER_TRAIN, _scene_images,
            functools.partial(decoder_loss, edge_weight=SCENE_DECODER_EDGE_WEIGHT), needs=("scene_vae",),
            start_from="scene_vae", frozen=("encoder",)),  # the same encoder, so the UNets' latents keep their meaning
+    Recipe("comp_vae", VAE, COMP_VAE, COMP_VAE_TRAIN, _comp_images,
+           functools.partial(vae_loss, kl_weight=SCENE_VAE_KL_WEIGHT), metadata=_vae_metadata),
+    Recipe("comp_clip", CLIP, COMP_CLIP, COMP_CLIP_TRAIN, _comp_clip_data, clip_loss, needs=("comp_vae",)),
+    Recipe("comp_text_unet", UNet, COMP_TEXT_UNET, COMP_TEXT_TRAIN, _comp_text_unet_data,
+           DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE), p_uncond=COMP_TEXT_P_UNCOND),
+           needs=("comp_vae", "comp_clip"), dtype=torch.float16),
 )}
 
 

@@ -35,8 +35,9 @@ def as_uint8_batch(images) -> np.ndarray:
     return arr[..., None] if arr.ndim == 3 else arr
 
 
-def image_grid(images, *, nrow: int = 8, pad: int = 1, pad_value: int = 255) -> np.ndarray:
-    """Tile a batch (see as_uint8_batch) into one uint8 image (H, W) for grayscale or (H, W, 3)."""
+def image_grid(images, *, nrow: int = 8, pad: int = 1, pad_value: int = 128) -> np.ndarray:
+    """Tile a batch (see as_uint8_batch) into one uint8 image (H, W) for grayscale or (H, W, 3), each image framed
+    by `pad` pixels of mid grey: a frame that shows on white backgrounds and on black ones."""
     arr = as_uint8_batch(images)
     if arr.ndim != 4 or len(arr) == 0:
         raise ValueError(f"image_grid needs a non-empty batch of images (B, C, H, W), got shape {arr.shape}")

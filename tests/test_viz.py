@@ -9,7 +9,8 @@ def test_image_grid_places_each_image():
     images = torch.stack([torch.full((1, 2, 2), v) for v in (-1.0, 1.0, -1.0)])
     grid = image_grid(images, nrow=2, pad=1)
     assert grid.shape == (7, 7)
-    assert grid[1, 1] == 0 and grid[1, 4] == 255 and grid[4, 1] == 0 and grid[4, 4] == 255  # last cell is padding
+    assert grid[1, 1] == 0 and grid[1, 4] == 255 and grid[4, 1] == 0 and grid[4, 4] == 128  # last cell is padding
+    assert grid[0, 0] == grid[3, 1] == 128  # a grey frame, visible on white images and on black ones
     rgb = image_grid(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), nrow=2)
     assert rgb.shape == (6, 11, 3)
 
