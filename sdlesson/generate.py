@@ -1,27 +1,28 @@
 """Text to image: Stable Diffusion's inference, step by step — for the course's models and for SD v1.5 itself.
 
-    pipe = TextToImage.from_pretrained()                         # the course's own models, 64×64 scenes
+    pipe = TextToImage.from_pretrained()                         # the course's own models, 64×64 emoji scenes
+    pipe = TextToImage.from_pretrained("compositional")          # ... or the compositional world (lesson 06)
     images = pipe("a large cat face in the center on a blue background", num_images=4, seed=0)  # uint8 (4, 3, 64, 64)
     sd = TextToImage.from_stable_diffusion("path/to/sd-v1-5")    # SD v1.5's weights, 512×512
     images = sd("a photograph of an astronaut riding a horse", num_images=1)
 
-What happens inside, in the lecture's order — the same code for both, only the configuration differs:
-    1. the prompt becomes token embeddings (the text encoder) — and so does the negative prompt, or the empty one;
-    2. a random latent is drawn, (N, 4, h, w): 4×8×8 for the course's scenes, 4×64×64 for SD at 512×512;
-    3. the noise predictor estimates its noise with and without the prompt (one batch of 2N), and guidance
+What happens inside, in the lecture's five steps (numbered as lesson 05 numbers them) after the one text adds:
+    0. the prompt becomes token embeddings (the text encoder) — and so does the negative prompt, or the empty one;
+    1. a random latent is drawn, (N, 4, h, w): 4×8×8 for the course's scenes, 4×64×64 for SD at 512×512;
+    2. the noise predictor estimates its noise with and without the prompt (one batch of 2N), and guidance
        extrapolates: ε̂ = ε̂_uncond + s · (ε̂_cond − ε̂_uncond);
-    4. the sampler subtracts it, and 3-4 repeat for every timestep;
+    3. the sampler subtracts it; 4. steps 2-3 repeat for every timestep;
     5. the VAE's decoder turns the final latent (divided by the latent scale) into the image.
 
 The same loop starts from an image (the lecture's forward diffusion, then reverse diffusion from there):
     images = pipe(prompt, init_image=scene, strength=0.6)            # img2img (SDEdit)
     images = pipe(prompt, init_image=scene, mask=mask)                # inpainting: mask white = repaint
-    2a. the init image is encoded: a draw from the VAE's posterior (σ ≈ 0.003 of |μ| ≈ 4 for the course's VAE),
+    1a. the init image is encoded: a draw from the VAE's posterior (σ ≈ 0.003 of |μ| ≈ 4 for the course's VAE),
         times the latent scale — z0;
-    2b. strength picks where the chain starts, as diffusers: of num_steps steps the last int(num_steps · strength)
+    1b. strength picks where the chain starts, as diffusers: of num_steps steps the last int(num_steps · strength)
         run, from x = √ᾱ_t z0 + √(1-ᾱ_t) ε at the first of them (img2img at strength 1 still starts there:
         √ᾱ_999 ≈ 0.07 of the image survives; inpainting at strength 1 starts from pure noise, as diffusers' does);
-    4a. inpainting: after every step the kept region (mask 0 on the latent grid: nearest neighbour, as diffusers)
+    3a. inpainting: after every step the kept region (mask 0 on the latent grid: nearest neighbour, as diffusers)
         is replaced by z0 noised to the level x has reached, with the same ε; after the last, by z0 itself.
 The generator is drawn in diffusers' order — posterior sample, ε, then any step noise — so a seed gives diffusers'
 StableDiffusionImg2ImgPipeline's and (DDIM) StableDiffusionInpaintPipeline's images (tests/test_img2img.py).
@@ -253,17 +254,17 @@ class TextToImage:
         if latents is not None and tuple(check_float_tensor("latents", latents, dims=4).shape) != shape:
             raise ValueError(f"latents must have the shape {shape}, got {describe(latents)}")
 
-        context, text_mask = self.encode(prompts)  # 1. (N, L, width)
+        context, text_mask = self.encode(prompts)  # 0. the prompt's embeddings (N, L, width)
         neg_context, neg_mask = self.encode([negative_prompt or ""] * n)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None  # on the CPU: same on any device
-        if image is not None:  # 2a. the init image's latents: a draw from the VAE's posterior, as diffusers
+        if image is not None:  # 1a. the init image's latents: a draw from the VAE's posterior, as diffusers
             z0 = self.encode_image(image, generator=generator).expand(shape)  # (N, 4, h, w)
         noise = latents if latents is not None else torch.randn(shape, generator=generator)  # ε, drawn after z0's
         noise = noise.to(self.device, torch.float32)
         if image is None or (mask is not None and strength == 1):
-            x = noise  # 2. x_T ~ N(0, I) (inpainting at strength 1 too, as diffusers')
+            x = noise  # 1. a random latent x_T ~ N(0, I) (inpainting at strength 1 too, as diffusers')
         else:
-            x = sampler.add_noise(z0, noise, timesteps[0])  # 2b. SDEdit: x_t0 = √ᾱ z0 + √(1-ᾱ) ε, the forward process
+            x = sampler.add_noise(z0, noise, timesteps[0])  # 1b. SDEdit: x_t0 = √ᾱ z0 + √(1-ᾱ) ε, the forward process
         if mask is not None:  # the mask on the latent grid, as diffusers: binary, nearest neighbour
             mask = F.interpolate(mask.to(self.device), size=shape[2:], mode="nearest")  # (1 or N, 1, h, w)
 
@@ -271,10 +272,10 @@ class TextToImage:
         both = {k: torch.cat([cond[k], uncond[k]]) for k in cond} if guidance_scale != 1 else None
         kept = []
         for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="sampling", leave=False)):
-            eps = self._predict_noise(x, t, cond, both, guidance_scale)  # 3. ε̂, guided
+            eps = self._predict_noise(x, t, cond, both, guidance_scale)  # 2. predict the noise ε̂, guided
             if callback is not None:
                 callback(i, int(t), x, sampler.predict_x0(eps, t, x))
-            x = sampler.step(eps, t, x, generator=generator)  # 4. one step less noisy
+            x = sampler.step(eps, t, x, generator=generator)  # 3. subtract it: one step less noisy (4. repeat)
             if mask is not None:  # inpainting: outside the mask, the init latents noised to where x now is
                 known = z0 if i == len(timesteps) - 1 else sampler.add_noise(z0, noise, timesteps[i + 1])
                 x = (1 - mask) * known + mask * x
@@ -282,7 +283,7 @@ class TextToImage:
                 kept.append(x.cpu())
         if keep_every:
             return self.decode(x, output_type), [self.decode(k, output_type) for k in kept]
-        return self.decode(x, output_type)  # 5.
+        return self.decode(x, output_type)  # 5. decode
 
     def _sampler(self, sampler) -> Sampler:
         if isinstance(sampler, str):

@@ -220,6 +220,36 @@ def _prompt(category: str, objects: list[tuple], relation: str | None = None) ->
     return Prompt(category, text, tuple(objects), relation)
 
 
+def parse_prompt(text: str) -> Prompt:
+    """A typed prompt of this world as a Prompt the reader can score: "a red car left of a blue star",
+    "three yellow hearts", "a fish and a purple umbrella on a gray background" (the background is not scored).
+
+    "a"/"an" asks for at least one, as GenEval's prompts do; "two" … "four" for exactly that many. ValueError for a
+    prompt outside the captions' grammar."""
+    words = text.lower().split()
+    if len(words) >= 4 and words[-1] == "background" and "on" in words:
+        words = words[:len(words) - words[::-1].index("on") - 1]  # drop "on a … background"
+    relation = next((r for r in cw.RELATIONS if f" {r} " in f" {' '.join(words)} "), None)
+    phrases = " ".join(words).replace(f" {relation} ", " and ") if relation else " ".join(words)
+    singular = {plural: kind for kind, plural in cw.PLURALS.items()} | {kind: kind for kind in cw.KINDS}
+    numbers = {"a": None, "an": None} | {word: n for n, word in cw.NUMBERS.items() if n > 1}
+    objects = []
+    for phrase in phrases.split(" and "):
+        parts = phrase.split()
+        if not 2 <= len(parts) <= 3 or parts[0] not in numbers or parts[-1] not in singular or (
+                len(parts) == 3 and parts[1] not in cw.COLOURS):
+            raise ValueError(f"cannot read {phrase!r} in {text!r}: expected a phrase like 'a car', 'a red car' or "
+                             f"'three blue stars' (kinds: {', '.join(cw.KINDS)}; colours: {', '.join(cw.COLOURS)})")
+        objects.append((singular[parts[-1]], numbers[parts[0]], parts[1] if len(parts) == 3 else None))
+    if relation and len(objects) != 2:
+        raise ValueError(f"a relation joins two objects, got {len(objects)} in {text!r}")
+    coloured, counted = any(c for _, _, c in objects), any(n for _, n, _ in objects)
+    category = ("position" if relation else "counting" if counted and len(objects) == 1 else
+                "colors" if coloured and len(objects) == 1 else "single_object" if len(objects) == 1 else
+                "color_attr" if coloured else "two_object")
+    return Prompt(category, text, tuple(objects), relation)
+
+
 def make_prompts(split: str = "train", *, per_category: int = 40, seed: int = 0) -> list[Prompt]:
     """GenEval's six categories from templates: compositions seen in training ("train") or held out ("heldout").
 

@@ -291,11 +291,13 @@ def vae_explorer(vaes: dict, images: torch.Tensor) -> InteractiveImage:
 
 
 def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the center on a blue background",
-                           num_images: int = 4, judge=None, negative_prompt: str | None = None,
+                           num_images: int = 4, judge=None, reader: bool = False,
+                           negative_prompt: str | None = None,
                            guidance_scale: float | None = None, max_guidance: float = 10.0,
                            num_steps: int | None = None, max_steps: int = 100, scale: int = 4,
                            **options) -> InteractiveImage:
-    """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge, what it sees in each image.
+    """A prompt box, guidance, steps and seed over a TextToImage pipeline; with a judge (the emoji scenes' classifier)
+    or reader=True (the compositional world's GenEval reader), how much of the prompt it finds in the images.
 
     negative_prompt: a string adds a box for it (SD's "blurry, low quality"); guidance_scale and num_steps start at
     the pipeline's defaults (the course's 3 and 25, SD's 7.5 and 50); options (height=, width=, sampler=) go to every
@@ -329,6 +331,15 @@ def text_to_image_explorer(pipe, *, prompt: str = "a large cat face in the cente
                 caption += f"; the judge finds {hits:.0%} of the asked-for attributes"
             except ValueError:
                 caption += "; (the judge scores full captions only)"
+        if reader:
+            from . import geneval
+
+            try:
+                asked = geneval.parse_prompt(prompt)
+                held = sum(geneval.score(asked, r) for r in geneval.read_images(images))
+                caption += f"; the reader finds the prompt in {held} of {num_images}"
+            except ValueError:
+                caption += "; (the reader scores prompts in the captions' grammar only)"
         shown["image"] = image_grid(images, nrow=num_images, pad=2 if num_images > 1 else 0)  # one image: as it is
         return shown["image"], caption
 
