@@ -338,13 +338,16 @@ def generate(args, parser) -> None:
             print("Stable Diffusion on a CPU takes minutes per 512×512 image at 50 steps (two UNet passes a step, "
                   "guidance); fewer --num-steps or a smaller --height/--width cost less", file=sys.stderr)
     else:
-        tokenizer = dataclasses.replace(pre.SCENE_CLIP, vocab=pre.SCENE_CLIP.vocab + tuple(words)).tokenizer()
+        if args.world == "compositional" and (args.lora or args.embedding):
+            parser.error("--lora and --embedding were trained on the emoji scenes: use them with --world scenes")
+        vocab = (recipes.COMP_CLIP if args.world == "compositional" else pre.SCENE_CLIP).vocab
+        tokenizer = dataclasses.replace(pre.SCENE_CLIP, vocab=vocab + tuple(words), max_length=20).tokenizer()
         for text in filter(None, (args.prompt, args.negative)):
             try:
                 tokenizer(text)  # unknown words are named now, before any model loads
             except ValueError as e:
                 parser.error(str(e))
-        pipe = TextToImage.from_pretrained(device=device)
+        pipe = TextToImage.from_pretrained(args.world, device=device)
     add_finetunes(pipe, args, sd=sd)
     size = {} if init_image is not None else dict(height=args.height, width=args.width)  # else the init image's
     images = pipe(args.prompt, negative_prompt=args.negative, num_images=args.num_images, num_steps=num_steps,
@@ -395,6 +398,9 @@ def main(argv=None) -> None:
     p.add_argument("prompt", help='e.g. "a small dog face in the top left on a green background"')
     p.add_argument("--model", help="Stable Diffusion v1.x weights: a diffusers folder or a single .safetensors file "
                                    "(default: the course's own scene models)")
+    p.add_argument("--world", choices=("scenes", "compositional"), default="scenes",
+                   help="the course's models to use: the emoji scenes (lessons 04-05, 08-09) or the compositional "
+                        "world of lesson 06, e.g. \"a red car left of a blue star\" (default: scenes)")
     p.add_argument("--negative", help="negative prompt: what guidance steers away from")
     p.add_argument("--num-steps", type=int, help="sampling steps (default: 25; 50 with --model)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 3; 7.5 with --model)")
