@@ -137,3 +137,90 @@ def test_copy_share():
     share = ge.copy_share(samples, training)
     chance = ge.copy_share(fresh[:5], training)
     assert share == pytest.approx(0.5 + chance / 2)
+
+
+def test_parse_prompt_reads_every_template_and_refuses_the_rest():
+    for split in cw.SPLITS:
+        for p in ge.make_prompts(split):
+            assert ge.parse_prompt(p.text) == p  # category, objects, counts, colours and relation recovered
+    assert ge.parse_prompt("two cars and a red apple on a dark gray background").objects == (
+        ("car", 2, None), ("apple", None, "red"))  # the background is dropped, not scored
+    for bad, match in (("a pink car", "cannot read 'a pink car'"), ("a car left of a star and a key", "two objects"),
+                       ("cars", "cannot read")):
+        with pytest.raises(ValueError, match=match):
+            ge.parse_prompt(bad)
+
+
+def test_vocabulary_covers_captions_and_prompts():
+    words = set(cw.vocabulary())
+    _, captions, _ = cw.make_scenes(300, seed=5)
+    assert all(set(c.split()) <= words for c in captions)
+    assert all(set(p.text.split()) <= words for s in cw.SPLITS for p in ge.make_prompts(s))
+    assert "pink" not in words and len(words) == 41
+
+
+def test_box_coverage():
+    cover = ge.box_coverage((0, 0, 16, 8), (8, 8), 64)  # a 16×8-pixel box in the top-left corner: 8×8-pixel cells
+    assert cover[0, :2].tolist() == [1.0, 1.0] and cover.sum() == pytest.approx(2.0)
+    assert ge.box_coverage((4, 0, 12, 8), (8, 8), 64)[0, :2].tolist() == [0.5, 0.5]  # half of two cells
+
+
+def test_mean_diversity_and_format_table(monkeypatch):
+    car = prompt("single_object", [("car", None, None)])
+    same = [Reading("white", (obj("car", "red", 0),))] * 4  # one colour: diversity 0
+    spread = [Reading("white", (obj("car", cw.COLOURS[i], 0),)) for i in range(4)]  # four colours of six
+    images = torch.arange(2).view(2, 1, 1, 1, 1).expand(2, 4, 3, 64, 64)  # picture sets 0 and 1
+    monkeypatch.setattr(ge, "read_images", lambda pictures: [same, spread][int(pictures[0, 0, 0, 0])])
+    mean, se = ge.mean_diversity([car, car], images)["colour"]
+    assert mean == pytest.approx(np.log(4) / np.log(6) / 2)
+    assert se == pytest.approx(np.std([0, np.log(4) / np.log(6)], ddof=1) / np.sqrt(2))
+    table = ge.format_table({"s = 1": {"counting": (0.5, 0.1, 10), "overall": (0.5, 0.1, 10)}})
+    assert table.splitlines()[1].split() == ["counting", "50.0", "±10.0"] and "overall" in table
+
+
+@pytest.fixture(scope="module")
+def tiny_world_pipe():
+    from conftest import tiny_unet_config
+    from sdlesson.generate import TextToImage
+    from sdlesson.text import CLIP, CLIPConfig
+    from sdlesson.unet import UNet
+    from sdlesson.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig(vocab=cw.vocabulary(), max_length=20, width=16, layers=1, heads=2, image_width=8,
+                           embed_dim=8))
+    unet = UNet(tiny_unet_config(in_channels=4, context_dim=16))
+    vae = VAE(VAEConfig(block_channels=(8, 16), norm_groups=4, patch_size=4))
+    return TextToImage(clip, unet, vae, latent_scale=0.5, num_steps=2)
+
+
+def test_generate_for_draws_the_same_noise_at_every_scale(tiny_world_pipe):
+    prompts = ge.make_prompts("train", per_category=1)[:3]
+    images = ge.generate_for(tiny_world_pipe, prompts, 2, guidance_scale=3.0, seed=4, batch_size=4)
+    assert images.shape == (3, 2, 3, 64, 64) and images.dtype == torch.uint8
+    noise = torch.randn((6, 4, 8, 8), generator=torch.Generator().manual_seed(4))  # picture j of prompt i: row 2i + j
+    texts = [p.text for p in prompts for _ in range(2)]
+    expected = tiny_world_pipe(texts, latents=noise, guidance_scale=3.0)
+    torch.testing.assert_close(images.flatten(0, 1), expected, atol=0, rtol=0)
+    other = ge.generate_for(tiny_world_pipe, prompts, 2, guidance_scale=1.0, seed=4)
+    torch.testing.assert_close(other.flatten(0, 1), tiny_world_pipe(texts, latents=noise, guidance_scale=1.0),
+                               atol=0, rtol=0)
+
+
+def test_word_localisation_shares_and_chance(tiny_world_pipe, monkeypatch):
+    from sdlesson.generate import attention_per_word
+
+    corner = {0: ((0, 0, 16, 16), (0, 0)), 1: ((48, 48, 64, 64), (3, 3))}  # a 16×16-pixel box: one cell at 4×4
+    for p in [q for q in ge.make_prompts("train", per_category=2) if q.category == "two_object"]:
+        found = tuple(Found(kind, "red", corner[i][0]) for i, (kind, _, _) in enumerate(p.objects))
+        monkeypatch.setattr(ge, "read_image", lambda image: Reading("white", found))  # each kind in its corner
+        image = tiny_world_pipe(p.text, num_images=1, seed=0)[0]
+        _, maps = attention_per_word(tiny_world_pipe, p.text, t=500, levels=("down.1", "up.0"), image=image)
+        words = ["<bos>", *p.text.split()]
+        by_hand = [float(maps[words.index(kind)][corner[i][1]] / maps[words.index(kind)].sum())
+                   for i, (kind, _, _) in enumerate(p.objects)]
+        share, se, chance = ge.word_localisation(tiny_world_pipe, [p], levels={"4×4": ("down.1", "up.0")},
+                                                 ts=(500,))["4×4", 500]
+        assert share == pytest.approx(np.mean(by_hand), abs=1e-6)
+        assert se == pytest.approx(np.std(by_hand, ddof=1) / np.sqrt(2), abs=1e-6)
+        assert chance == pytest.approx(1 / 16)  # a 16×16 box is 1/16 of the picture
