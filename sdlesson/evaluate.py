@@ -17,7 +17,7 @@ from .generate import DEFAULT_STEPS
 from .metrics import frechet_distance
 from .pretrained import load_pretrained
 from .samplers import sample
-from .scenes import POSITIONS, SIZES, SPLITS, Scene, make_scenes
+from .scenes import BACKGROUND_RGB, POSITIONS, SIZES, SPLITS, Scene, make_scenes
 
 
 def silhouette_fd_floor(classifier, num: int = 1000, *, seed: int = 0) -> float:
@@ -65,6 +65,17 @@ def judge_scenes(judge, images: torch.Tensor, *, batch_size: int = 500) -> tuple
     probs = batched(judge, lambda x: [lg.softmax(-1) for lg in judge(to_float(x))], images, batch_size=batch_size)
     confidence = torch.stack([p.max(-1).values for p in probs], 1)
     return torch.stack([p.argmax(-1) for p in probs], 1), confidence
+
+
+def background_distance(images: torch.Tensor, palette: dict = BACKGROUND_RGB, *, border: int = 2) -> torch.Tensor:
+    """How far each uint8 image's background is from the nearest palette colour: the per-channel median of its
+    outer `border` pixels, its Euclidean distance in RGB levels (0 … 441) to the closest of `palette`'s colours.
+    A scene's background is one of the palette's; a colour between two of them is an average of modes."""
+    ring = torch.ones(images.shape[-2:], dtype=torch.bool)
+    ring[border:-border, border:-border] = False
+    edge = images.float().flatten(-2)[..., ring.flatten()]  # (N, 3, pixels on the ring)
+    colour = edge.median(-1).values  # (N, 3)
+    return torch.cdist(colour, torch.tensor(list(palette.values()), dtype=torch.float32)).min(1).values
 
 
 def prompt_set(split: str) -> list:

@@ -69,3 +69,16 @@ def test_evaluate_refuses_a_bad_option_before_any_work(options, message, monkeyp
     with pytest.raises(SystemExit) as exit_:
         cli.main(["evaluate", *options])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_background_distance_is_zero_on_the_palette_and_grows_between_colours():
+    from sdlesson.evaluate import background_distance
+    from sdlesson.scenes import BACKGROUND_RGB
+
+    images = make_scenes(30, seed=4)[0]
+    assert background_distance(images).max() == 0  # every rendered background is a palette colour
+    white, gray = (torch.tensor(BACKGROUND_RGB[c], dtype=torch.float32) for c in ("white", "gray"))
+    between = ((white + gray) / 2).round().to(torch.uint8).view(1, 3, 1, 1).expand(1, 3, 64, 64)
+    nearest = min(float(((white + gray) / 2).round().sub(torch.tensor(c, dtype=torch.float32)).norm())
+                  for c in BACKGROUND_RGB.values())
+    assert background_distance(between).item() == pytest.approx(nearest) and nearest > 30  # far from all six
