@@ -99,10 +99,10 @@ COMP_CLIP = CLIPConfig(vocab=compositional.vocabulary(), max_length=20)
 COMP_CLIP_TRAIN = dataclasses.replace(SCENE_CLIP_TRAIN, steps=2000)
 # The noise predictor: the emoji scenes' text UNet with cross-attention at every level, 8×8 included, so a word can
 # find its object's 4×4 patch of latent. Captions dropped for 10% of examples (guidance). Longer training than the
-# emoji scenes' (7,000 steps, not 4,000): this world holds far more compositions.
+# emoji scenes (6,000 steps, not 4,000): this world holds far more compositions.
 COMP_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, attention_levels=(True, True, True),
                                      context_dim=COMP_CLIP.width)
-COMP_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=7000, ema_decay=0.999, checkpoint_every=500)
+COMP_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=6000, ema_decay=0.999, checkpoint_every=500)
 COMP_TEXT_P_UNCOND = 0.1
 
 
