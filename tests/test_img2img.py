@@ -199,7 +199,7 @@ CLI_CASES = [  # (arguments after the prompt, with {d} the folder of `files`; me
 def test_generate_command_checks_img2img_arguments_before_loading_models(files, args, fragment, capsys, monkeypatch):
     from sdlesson.cli import main
 
-    monkeypatch.setattr(TextToImage, "from_pretrained", lambda **kw: pytest.fail("models loaded despite bad arguments"))
+    monkeypatch.setattr(TextToImage, "from_pretrained", lambda *a, **kw: pytest.fail("models loaded despite bad arguments"))
     with pytest.raises(SystemExit) as info:
         main(["generate", SCENE_PROMPT, *(a.format(d=files) for a in args), "--out", str(files / "out.png")])
     err = capsys.readouterr().err
@@ -222,7 +222,7 @@ def test_generate_command_inpaints_a_zoomed_png(files, monkeypatch, capsys):
             got.update(kw)
             return torch.zeros(kw["num_images"], 3, 64, 64, dtype=torch.uint8)
 
-    monkeypatch.setattr(TextToImage, "from_pretrained", classmethod(lambda cls, **kw: Recorder()))
+    monkeypatch.setattr(TextToImage, "from_pretrained", classmethod(lambda cls, *a, **kw: Recorder()))
     zoomed_mask = Image.open(files / "mask.png").resize((256, 256), Image.NEAREST)
     zoomed_mask.save(files / "zoomed_mask.png")  # the mask must have the init image's size
     main(["generate", SCENE_PROMPT, "--init-image", str(files / "zoomed.png"), "--mask", str(files / "zoomed_mask.png"),
