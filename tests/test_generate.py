@@ -104,12 +104,13 @@ def test_unknown_words_and_non_strings(tiny_pipe):
     (["a purple bird"], "unknown word.*'bird'"),
     ([PROMPT, "--negative", "a red car"], "unknown word.*'red'"),
     ([PROMPT, "--num-steps", "ten"], "invalid int value: 'ten'"),
-    ([PROMPT, "--world", "compositional"], "unknown word.*'small', 'cat'"),  # the emoji scenes' words are not this world's
+    ([PROMPT, "--world", "compositional"], "unknown word.*'small', 'cat'"),  # the emoji scenes' words: not this world's
     (["a red car", "--world", "compositional", "--negative", "a pink car"], "unknown word.*'pink'"),
     (["a red car", "--world", "emoji"], "invalid choice: 'emoji'"),
 ])
 def test_generate_command_rejects_bad_arguments_before_loading_models(args, error, capsys, monkeypatch):
-    monkeypatch.setattr(TextToImage, "from_pretrained", lambda *a, **kw: pytest.fail("models loaded despite bad arguments"))
+    monkeypatch.setattr(TextToImage, "from_pretrained",
+                        lambda *a, **kw: pytest.fail("models loaded despite bad arguments"))
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", *args])
     assert exit_info.value.code == 2

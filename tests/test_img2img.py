@@ -199,7 +199,8 @@ CLI_CASES = [  # (arguments after the prompt, with {d} the folder of `files`; me
 def test_generate_command_checks_img2img_arguments_before_loading_models(files, args, fragment, capsys, monkeypatch):
     from sdlesson.cli import main
 
-    monkeypatch.setattr(TextToImage, "from_pretrained", lambda *a, **kw: pytest.fail("models loaded despite bad arguments"))
+    monkeypatch.setattr(TextToImage, "from_pretrained",
+                        lambda *a, **kw: pytest.fail("models loaded despite bad arguments"))
     with pytest.raises(SystemExit) as info:
         main(["generate", SCENE_PROMPT, *(a.format(d=files) for a in args), "--out", str(files / "out.png")])
     err = capsys.readouterr().err
