@@ -50,22 +50,7 @@ run_tests() {  # $1 version: unit tests and one generate, from the installed pac
     echo "python $1: tests and generate in $((SECONDS - start)) s"
 }
 
-check() {  # $1 version, $2 interpreter: install if needed, test, report; its exit status says whether it passed
-    local v=$1 py=$2 log=/tmp/sdlesson-py$1.log status=0
-    if prepare "$v" "$py" >>"$log" 2>&1 && run_tests "$v" >>"$log" 2>&1; then
-        echo "python $v ($("$py" -V 2>&1)): unit tests and generate pass: $(grep -E '[0-9]+ passed' "$log" | tail -1)"
-        grep -E "^python $v: " "$log"
-    else
-        echo "python $v ($("$py" -V 2>&1)): FAILED; last lines of $log:"
-        tail -n 30 "$log"
-        status=1
-    fi
-    rm -rf "/tmp/sdlesson-py$v"
-    return $status
-}
-
 failed=()
-pids=()
 for v in "${versions[@]}"; do
     py=$(find_python "$v")
     if [ -z "$py" ]; then
@@ -77,17 +62,19 @@ for v in "${versions[@]}"; do
         fi
         continue
     fi
+    log=/tmp/sdlesson-py$v.log
     if [ "$mode" = prepare ]; then
-        prepare "$v" "$py" >"/tmp/sdlesson-py$v.log" 2>&1 || echo "python $v: install failed (see /tmp/sdlesson-py$v.log)"
+        prepare "$v" "$py" >"$log" 2>&1 || echo "python $v: install failed (see $log)"
         continue
     fi
-    # The versions test side by side, one thread each: two single-threaded runs share two cores without the stalls
-    # that two multi-threaded ones would cause each other. Each prints its report when done.
-    OMP_NUM_THREADS=1 check "$v" "$py" > "/tmp/sdlesson-py$v.report" 2>&1 &
-    pids+=("$!:$v")
-done
-for entry in "${pids[@]}"; do
-    wait "${entry%%:*}" || failed+=("${entry#*:}")
-    cat "/tmp/sdlesson-py${entry#*:}.report"
+    if prepare "$v" "$py" >>"$log" 2>&1 && run_tests "$v" >>"$log" 2>&1; then
+        echo "python $v ($("$py" -V 2>&1)): unit tests and generate pass: $(grep -E '[0-9]+ passed' "$log" | tail -1)"
+        grep -E "^python $v: " "$log"
+    else
+        echo "python $v ($("$py" -V 2>&1)): FAILED; last lines of $log:"
+        tail -n 30 "$log"
+        failed+=("$v")
+    fi
+    [ "$mode" = all ] || [ "$mode" = test ] && rm -rf "/tmp/sdlesson-py$v"
 done
 [ ${#failed[@]} -eq 0 ] || { echo "failed on python ${failed[*]}"; exit 1; }
