@@ -34,7 +34,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "sdlesson-browser-test"
 # lesson -> how its explorer is moved: a slider step or a new prompt
 LESSONS = {"00_quickstart": "prompt", "01_forward_diffusion": "slider", "06_text_conditioning": "prompt"}
-PROMPT = "a large cat face in the center on a pink background"
+PROMPT = "two purple keys and a green apple"  # in the compositional world of lessons 00 and 06
 # Console messages that are not the course's errors, with why they are ignored:
 BENIGN = (
     "favicon",  # the browser asks for /favicon.ico, which the Jupyter server may answer with 404
