@@ -19,6 +19,7 @@ Where each piece lives (lesson, module, main objects):
                           train.py            Trainer, TrainConfig: AdamW, EMA, clipping, mixed precision, resume
     03-04 latent space    vae.py, latents.py  VAE, VAEConfig: encoder, decoder, KL; the latent cache and scale
     06 text               text.py             Tokenizer, TextEncoder, CLIP and its loss, encode_prompts
+                          text_unet.py        TextUNet: a UNet trained together with its own text encoder
     05-06 the pipeline    generate.py         TextToImage: prompt -> context -> guided sampling -> decoder
     07 Stable Diffusion   stable_diffusion.py SD v1.5 as configurations of the modules above, build / load
                           sd_weights.py       SD's weight files (diffusers folder, original single file) -> our names
@@ -55,6 +56,7 @@ _EXPORTS = {
     "Trainer": "train", "TrainConfig": "train",
     "VAE": "vae", "VAEConfig": "vae",
     "Tokenizer": "text", "TextEncoder": "text", "CLIP": "text", "CLIPConfig": "text", "encode_prompts": "text",
+    "TextUNet": "text_unet", "TextUNetConfig": "text_unet",
     "TextToImage": "generate",
     "StableDiffusion": "stable_diffusion", "build_stable_diffusion": "stable_diffusion",
     "load_stable_diffusion": "stable_diffusion",

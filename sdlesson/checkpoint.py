@@ -83,11 +83,12 @@ def _registry() -> dict:
     """kind -> (config class, model class). Imported here, not at the top, so model files can import this module."""
     from .classifier import Classifier, ClassifierConfig
     from .text import CLIP, CLIPConfig
+    from .text_unet import TextUNet, TextUNetConfig
     from .unet import UNet, UNetConfig
     from .vae import VAE, VAEConfig
 
     return {"unet": (UNetConfig, UNet), "classifier": (ClassifierConfig, Classifier), "vae": (VAEConfig, VAE),
-            "clip": (CLIPConfig, CLIP)}
+            "clip": (CLIPConfig, CLIP), "text_unet": (TextUNetConfig, TextUNet)}
 
 
 def kind_of(model: torch.nn.Module) -> str:

@@ -251,23 +251,39 @@ def caption_at(index: int, *, seed: int = 0, split: str = "train") -> str:
     return random_caption(scene, rng)
 
 
-def random_caption(scene: Scene, rng: np.random.Generator) -> str:
+def random_caption(scene: Scene, rng: np.random.Generator, *, p_all_kinds: float = P_ALL_KINDS,
+                   p_colour: float = P_COLOUR, p_relation: float = P_RELATION, p_background: float = P_BACKGROUND
+                   ) -> str:
     """A caption true of the scene that may leave out kinds (never part of a kind's count), colours, a relation and
-    the background, with the probabilities P_* above."""
+    the background, with the probabilities P_* above (or those given)."""
     present = list(scene.counts)
-    if len(present) > 1 and rng.random() >= P_ALL_KINDS:
+    if len(present) > 1 and rng.random() >= p_all_kinds:
         present = [present[i] for i in sorted(rng.choice(len(present), int(rng.integers(1, len(present))), False))]
     kinds = [present[i] for i in rng.permutation(len(present))]
-    colour = {k: bool(rng.random() < P_COLOUR) for k in kinds}
+    colour = {k: bool(rng.random() < p_colour) for k in kinds}
     relation = None
     singles = [k for k in kinds if scene.counts[k] == 1]
-    if len(singles) >= 2 and rng.random() < P_RELATION:
+    if len(singles) >= 2 and rng.random() < p_relation:
         a, b = singles[:2]
         centre = {t.kind: t.centre for t in scene.objects}
         true = [r for r in RELATIONS if relation_holds(centre[a], centre[b], r)]
         relation = (a, true[int(rng.integers(len(true)))], b)
         kinds = [a, b, *(k for k in kinds if k not in (a, b))]  # a relation joins the first two phrases
-    return describe(scene, kinds=kinds, colour=colour, relation=relation, background=bool(rng.random() < P_BACKGROUND))
+    return describe(scene, kinds=kinds, colour=colour, relation=relation, background=bool(rng.random() < p_background))
+
+
+# A recaptioner's probabilities (DALL·E 3's "better captions", Betker et al. 2023: train on descriptive synthetic
+# captions beside the alt text): every kind named, every colour said, a relation whenever two named kinds are
+# present once each; the background as often as not.
+DENSE = dict(p_all_kinds=1.0, p_colour=1.0, p_relation=1.0, p_background=0.5)
+
+
+def recaption_at(index: int, *, seed: int = 0, split: str = "train") -> str:
+    """A descriptive caption of scene_at(index, ...), as a recaptioner writes it (DENSE): true of the image, and
+    saying what binds to what. Drawn from its own generator, so caption_at stays as it was."""
+    scene = scene_at(index, seed=seed, split=split)
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
+    return random_caption(scene, rng, **DENSE)
 
 
 def noun_phrase(kind: str, count: int = 1, colour: str | None = None) -> str:

@@ -41,10 +41,12 @@ from .data import from_float, to_float
 from .samplers import Sampler, make_sampler, timestep_batch
 from .schedule import NoiseSchedule
 from .text import CLIP, unconditional
+from .text_unet import TextUNet
 
 # The defaults, here and nowhere else (the command line, the reports and the explorers read them from here):
 DEFAULT_STEPS = 25  # the course's models: what the model card's adherence figures and timings use
-# Each world's text side, noise predictor and decoder (shipped checkpoints), for TextToImage.from_pretrained.
+# Each world's text side, noise predictor and decoder (shipped checkpoints), for TextToImage.from_pretrained. A
+# noise predictor trained together with its own text encoder (text_unet.TextUNet) brings that encoder instead.
 WORLDS = {"scenes": ("scene_clip", "scene_text_unet", "scene_vae_decoder"),
           "compositional": ("comp_clip", "comp_text_unet", "comp_vae")}
 DEFAULT_GUIDANCE = 3.0  # the course's models: what the model card's adherence figures use
@@ -114,6 +116,11 @@ class TextSide:
         """The course's text side: word tokenizer + its small CLIP's text tower (L = 16, width 64), masked."""
         return cls(None, clip.text, masked=True, clip=clip.eval())
 
+    @classmethod
+    def from_text_unet(cls, model: TextUNet) -> "TextSide":
+        """A TextUNet's own text encoder (trained with its UNet) and its word tokenizer, masked as in training."""
+        return cls(model.config.text.tokenizer(), model.text, masked=True)
+
     @property
     def tokenizer(self):
         return self._tokenizer or self.clip.config.tokenizer()  # the CLIP's, read from its config when it is used
@@ -145,6 +152,10 @@ class TextToImage:
     def __init__(self, text, unet, vae, *, latent_scale: float, schedule: str = pre.SCENE_SCHEDULE,
                  samplers: dict | None = None, num_steps: int = DEFAULT_STEPS,
                  guidance_scale: float = DEFAULT_GUIDANCE):
+        if isinstance(unet, TextUNet):  # a UNet trained with its own text encoder: that encoder is the text side
+            if text is not None:
+                raise ValueError("a TextUNet brings its own text encoder: pass text=None")
+            text, unet = TextSide.from_text_unet(unet), unet.unet
         self.text = TextSide.from_clip(text) if isinstance(text, CLIP) else text  # the course's CLIP, or a text side
         self.unet, self.vae = unet.eval(), vae.eval()
         self.latent_scale = check_number("latent_scale", latent_scale, low=0, low_open=True)
@@ -153,18 +164,26 @@ class TextToImage:
         self.defaults = dict(num_steps=num_steps, guidance_scale=guidance_scale)
 
     @classmethod
-    def from_pretrained(cls, world: str = "scenes", *, device="cpu") -> "TextToImage":
+    def from_pretrained(cls, world: str = "scenes", *, unet: str | None = None, device="cpu") -> "TextToImage":
         """The course's shipped text-to-image models for a world, 64×64 images:
 
         "scenes": the emoji scenes (lessons 04–05, 08–09), one object whose caption fixes the picture. The decoder
         is the fine-tuned one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card).
         "compositional": 1–4 coloured objects whose captions leave things out (lesson 06), where guidance matters.
+        unet= names another shipped noise predictor of the world (lesson 06 compares comp_text_unet, which reads
+        the frozen comp_clip, with comp_text_unet_joint, trained together with its text encoder).
         """
         if world not in WORLDS:
             raise ValueError(f"unknown world {world!r}; expected one of {', '.join(map(repr, WORLDS))}")
         device = check_device(device)
-        clip, unet, vae = (pre.load_pretrained(name, device=device) for name in WORLDS[world])
-        return cls(clip, unet, vae, latent_scale=pre.latent_scale_of(WORLDS[world][2]))
+        text_name, unet_name, vae_name = WORLDS[world]
+        noise_predictor = pre.load_pretrained(unet or unet_name, device=device)
+        own_text = isinstance(noise_predictor, TextUNet)  # it brings the text encoder it was trained with
+        if not own_text and getattr(noise_predictor.config, "context_dim", None) is None:
+            raise ValueError(f"{unet} is not a text-conditioned noise predictor (no cross-attention)")
+        text = None if own_text else pre.load_pretrained(text_name, device=device)
+        vae = pre.load_pretrained(vae_name, device=device)
+        return cls(text, noise_predictor, vae, latent_scale=pre.latent_scale_of(vae_name))
 
     @classmethod
     def from_stable_diffusion(cls, weights, *, device="cpu", dtype: torch.dtype | None = None) -> "TextToImage":

@@ -250,6 +250,59 @@ def parse_prompt(text: str) -> Prompt:
     return Prompt(category, text, tuple(objects), relation)
 
 
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def swap_pairs(scenes: list[cw.Scene]) -> dict[str, list[tuple[int, str, str]]]:
+    """Caption pairs that differ only in what binds to what (Yuksekgonul et al. 2023's test of CLIP as a bag of
+    words): (scene index, true caption, its twin) where the twin has
+
+        relation   the relation reversed       "a car left of a star"  vs "a car right of a star"
+        colour     the two colours swapped     "a red car and a blue star"  vs "a blue car and a red star"
+        kinds      (the control) two other kinds  "a car and a star"  vs "an apple and a fish"
+
+    The twins of "relation" and "colour" hold the same words as the truth; the control's do not."""
+    pairs = {"relation": [], "colour": [], "kinds": []}
+    for i, scene in enumerate(scenes):
+        counts, colours = scene.counts, scene.colours
+        kinds = list(counts)
+        if len(kinds) < 2:
+            continue
+        a, b = kinds[:2]
+        if counts[a] == counts[b] == 1:
+            centre = {t.kind: t.centre for t in scene.objects}
+            relation = next((r for r in cw.RELATIONS if cw.relation_holds(centre[a], centre[b], r)), None)
+            if relation:
+                phrase = lambda r: f"{cw.noun_phrase(a)} {r} {cw.noun_phrase(b)}"  # noqa: E731
+                pairs["relation"].append((i, phrase(relation), phrase(OPPOSITE[relation])))
+        if colours[a] != colours[b]:
+            said = lambda ca, cb: f"{cw.noun_phrase(a, counts[a], ca)} and {cw.noun_phrase(b, counts[b], cb)}"  # noqa
+            pairs["colour"].append((i, said(colours[a], colours[b]), said(colours[b], colours[a])))
+        others = [k for k in cw.KINDS if k not in counts][:2]
+        pairs["kinds"].append((i, f"{cw.noun_phrase(a)} and {cw.noun_phrase(b)}",
+                               f"{cw.noun_phrase(others[0])} and {cw.noun_phrase(others[1])}"))
+    return pairs
+
+
+@torch.no_grad()
+def swap_test(clip, latents: torch.Tensor, scenes: list[cw.Scene]) -> dict[str, tuple[float, float, int]]:
+    """How often a CLIP scores a scene's true caption above its twin (swap_pairs), per kind of twin: (share,
+    standard error, pairs). Chance is 50%; a model that reads only which words occur scores ~50% on relation and
+    colour, whatever it scores on the control. latents: the scenes' (B, 4, 8, 8) latents, × the latent scale."""
+    device = next(clip.parameters()).device
+    images = clip.encode_image(latents.to(device))
+    tokenizer = clip.config.tokenizer()
+    report = {}
+    for name, pairs in swap_pairs(scenes).items():
+        rows = torch.tensor([i for i, _, _ in pairs], device=device)
+        true, twin = ([p[k] for p in pairs] for k in (1, 2))
+        true, twin = (clip.encode_text(*(t.to(device) for t in tokenizer(c))) for c in (true, twin))
+        right = ((images[rows] * true).sum(1) > (images[rows] * twin).sum(1)).float()
+        p = right.mean().item()
+        report[name] = (p, math.sqrt(p * (1 - p) / len(right)), len(right))
+    return report
+
+
 def make_prompts(split: str = "train", *, per_category: int = 40, seed: int = 0) -> list[Prompt]:
     """GenEval's six categories from templates: compositions seen in training ("train") or held out ("heldout").
 

@@ -37,8 +37,9 @@ def __dir__():
 
 
 CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet",
-               "scene_clip", "scene_text_unet", "scene_vae_decoder",
-               "comp_vae", "comp_clip", "comp_text_unet")  # data/NAME.safetensors, made by recipes.RECIPES
+               "scene_clip", "scene_text_unet", "scene_vae_decoder", "scene_vae_decoder_mse",
+               "comp_vae", "comp_clip", "comp_text_unet", "comp_text_unet_joint",
+               "comp_text_unet_recaptioned")  # data/NAME.safetensors, made by recipes.RECIPES
 
 
 def checkpoint_path(name: str) -> Path:
@@ -72,7 +73,7 @@ def provenance(name: str) -> str:
 def latent_scale_of(vae_name: str) -> float:
     """A shipped VAE's latent scale factor: 1 / std of its training latents, measured when it was trained (a
     fine-tuned decoder shares its encoder's, so its file's scale is read from the VAE it started from)."""
-    return float(read_metadata(checkpoint_path("scene_vae" if vae_name == "scene_vae_decoder" else vae_name))
+    return float(read_metadata(checkpoint_path("scene_vae" if vae_name.startswith("scene_vae_decoder") else vae_name))
                  ["latent_scale"])
 
 

@@ -34,6 +34,7 @@ from .pretrained import checkpoint_path, hardware, latent_scale_of, load_pretrai
 from .scenes import make_scenes
 from .schedule import DiffusionLoss, NoiseSchedule
 from .text import CLIP, CLIPConfig, clip_loss, encode_prompts
+from .text_unet import TextUNet, TextUNetConfig
 from .train import TrainConfig
 from .unet import UNet, UNetConfig
 from .vae import VAE, VAEConfig, decoder_loss, vae_loss
@@ -59,6 +60,8 @@ SCENE_VAE_TRAIN = TrainConfig(steps=16000, batch_size=16, lr=3e-3, warmup_steps=
 SCENE_DECODER_TRAIN = TrainConfig(steps=2000, batch_size=16, lr=5e-4, warmup_steps=50, lr_schedule="cosine",
                                   ema_decay=0.999, checkpoint_every=500)
 SCENE_DECODER_EDGE_WEIGHT = 0.1  # sharper edges (lesson 04 measures both PSNR and edge error)
+# Its control, scene_vae_decoder_mse: the same steps with edge weight 0, so lesson 04 can tell what the edge term did
+# from what more decoder training did.
 SCENE_TRAIN_SEED, SCENE_TEST_SEED, SCENE_TRAIN_COUNT = 0, 1, 20000
 
 # The scene judge: which object, background, position and size a 64×64 scene shows (one head each). It keeps
@@ -104,6 +107,15 @@ COMP_TEXT_UNET = dataclasses.replace(SCENE_LATENT_UNET, attention_levels=(True, 
                                      context_dim=COMP_CLIP.width)
 COMP_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=6000, ema_decay=0.999, checkpoint_every=500)
 COMP_TEXT_P_UNCOND = 0.1
+# Two further trainings of comp_text_unet, each with its text encoder trained too (started from comp_clip's text
+# tower), by the denoising loss alone: comp_clip picks a caption over its relation-swapped twin no better than
+# chance (lesson 06), so the frozen tower's tokens hardly say which object is left. A lower peak learning rate than
+# from scratch, as both parts start trained. comp_text_unet_joint reads the alt-text captions; its twin
+# comp_text_unet_recaptioned (the same steps and seed) reads them and, for the same scenes, a recaptioner's
+# descriptive captions (compositional.recaption_at: every colour, a relation wherever one can be said) — DALL·E 3's
+# "better captions" — so the two differ only in their captions.
+COMP_JOINT_UNET = TextUNetConfig(unet=COMP_TEXT_UNET, text=COMP_CLIP)
+COMP_JOINT_TRAIN = dataclasses.replace(COMP_TEXT_TRAIN, steps=2500, lr=5e-4, warmup_steps=100, checkpoint_every=250)
 
 
 # --- the recipe ---------------------------------------------------------------------------------------------------
@@ -117,7 +129,8 @@ class Recipe:
     data: Callable[[], object]  # () -> the training data: a tensor or a tuple of tensors with one row per example
     loss: Callable  # loss(model, batch, generator) -> scalar, as the Trainer calls it
     needs: tuple[str, ...] = ()  # shipped checkpoints its data or starting weights come from
-    start_from: str | None = None  # a shipped checkpoint whose weights it starts from, instead of random ones
+    start_from: str | dict | None = None  # a shipped checkpoint whose weights it starts from, instead of random
+    # ones; or {part: checkpoint} for a model made of parts (the part, or the checkpoint's part of the same name)
     frozen: tuple[str, ...] = ()  # submodules kept as they are (no gradients)
     dtype: torch.dtype | None = None  # the shipped file's dtype for floating-point weights (None: as trained)
     metadata: Callable | None = None  # (EMA model, data) -> extra entries for the shipped file's metadata
@@ -132,8 +145,13 @@ class Recipe:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = self.model_class(self.config)
-        if self.start_from is not None:
+        if isinstance(self.start_from, str):
             load_weights(model, checkpoint_path(self.start_from), weights="ema")
+        for part, name in (self.start_from if isinstance(self.start_from, dict) else {}).items():
+            source, target = load_pretrained(name), getattr(model, part)
+            if type(source) is not type(target):  # e.g. a CLIP checkpoint for a text encoder: its `text` part
+                source = getattr(source, part)
+            target.load_state_dict(source.state_dict())
         for part in self.frozen:
             getattr(model, part).requires_grad_(False)
         return model.train()
@@ -226,6 +244,19 @@ def _comp_text_unet_data():
     return latents, context, mask
 
 
+def _comp_ids_data():  # the captions as token ids: the text encoder is part of the model being trained
+    latents, captions = _comp_latents(comp_train_count())
+    ids, mask = COMP_CLIP.tokenizer()(captions)
+    return latents, ids, mask
+
+
+def _comp_recaptioned_data():  # every scene twice: with its alt text, and with a recaptioner's description
+    latents, captions = _comp_latents(comp_train_count())
+    dense = [compositional.recaption_at(i, seed=COMP_TRAIN_SEED) for i in range(len(captions))]
+    ids, mask = COMP_CLIP.tokenizer()(captions + dense)
+    return torch.cat([latents, latents]), ids, mask
+
+
 def _vae_metadata(vae, images) -> dict:
     """The latent scale factor, 1 / std of the training latents (SD's 0.18215 rule), stored with the VAE."""
     return {"latent_scale": latent_scale(vae, images[:2000])}
@@ -249,15 +280,22 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("scene_text_unet", UNet, SCENE_TEXT_UNET, SCENE_TEXT_TRAIN, _text_unet_data,
            DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE), p_uncond=SCENE_TEXT_P_UNCOND),
            needs=("scene_vae", "scene_clip"), dtype=torch.float16),
-    Recipe("scene_vae_decoder", VAE, SCENE_VAE, SCENE_DECODER_TRAIN, _scene_images,
-           functools.partial(decoder_loss, edge_weight=SCENE_DECODER_EDGE_WEIGHT), needs=("scene_vae",),
-           start_from="scene_vae", frozen=("encoder",)),  # the same encoder, so the UNets' latents keep their meaning
+    *(Recipe(name, VAE, SCENE_VAE, SCENE_DECODER_TRAIN, _scene_images,
+             functools.partial(decoder_loss, edge_weight=edge_weight), needs=("scene_vae",),
+             start_from="scene_vae", frozen=("encoder",))  # the same encoder, so the UNets' latents keep their meaning
+      for name, edge_weight in (("scene_vae_decoder", SCENE_DECODER_EDGE_WEIGHT), ("scene_vae_decoder_mse", 0.0))),
     Recipe("comp_vae", VAE, COMP_VAE, COMP_VAE_TRAIN, _comp_images,
            functools.partial(vae_loss, kl_weight=SCENE_VAE_KL_WEIGHT), metadata=_vae_metadata),
     Recipe("comp_clip", CLIP, COMP_CLIP, COMP_CLIP_TRAIN, _comp_clip_data, clip_loss, needs=("comp_vae",)),
     Recipe("comp_text_unet", UNet, COMP_TEXT_UNET, COMP_TEXT_TRAIN, _comp_text_unet_data,
            DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE), p_uncond=COMP_TEXT_P_UNCOND),
            needs=("comp_vae", "comp_clip"), dtype=torch.float16),
+    *(Recipe(name, TextUNet, COMP_JOINT_UNET, COMP_JOINT_TRAIN, data,
+             DiffusionLoss(NoiseSchedule(SCENE_SCHEDULE), p_uncond=COMP_TEXT_P_UNCOND),
+             needs=("comp_vae", "comp_clip", "comp_text_unet"), dtype=torch.float16,
+             start_from={"unet": "comp_text_unet", "text": "comp_clip"})
+      for name, data in (("comp_text_unet_joint", _comp_ids_data),
+                         ("comp_text_unet_recaptioned", _comp_recaptioned_data))),
 )}
 
 

@@ -98,10 +98,12 @@ def evaluate_scene_vae(*, device="cpu", num: int = 1000) -> dict:
 
 @torch.no_grad()
 def evaluate_scene_vae_decoder(*, device="cpu", num: int = 1000) -> dict:
-    """The fine-tuned decoder against the first, on the same new scenes: PSNR, the error in neighbour differences
-    (the term the fine-tuning loss adds) and SSIM (which the loss never saw, so it is the fair judge of the gain).
+    """The fine-tuned decoder against the first and against its control (the same steps without the edge term), on
+    the same new scenes: PSNR, the error in neighbour differences (the term the fine-tuning loss adds) and SSIM (which
+    the loss never saw, so it is the fair judge of the gain).
     'train' pairs are mostly copies of training scenes (see copies_of_training); 'heldout' pairs are new."""
-    vaes = {name: pre.load_pretrained(name, device=device) for name in ("scene_vae", "scene_vae_decoder")}
+    vaes = {name: pre.load_pretrained(name, device=device)
+            for name in ("scene_vae", "scene_vae_decoder", "scene_vae_decoder_mse")}  # the last: its control
     report = {}
     for split in ("train", "heldout"):
         x = to_float(make_scenes(num, seed=recipes.SCENE_TEST_SEED, split=split)[0])
@@ -238,13 +240,13 @@ def evaluate_comp_clip(*, device="cpu", num: int = 1000) -> dict:
 
 
 @torch.no_grad()
-def evaluate_comp_text_unet(*, device="cpu", guidance_scale: float | None = None,
-                            num_steps: int | None = None) -> dict:
+def evaluate_comp_text_unet(*, device="cpu", guidance_scale: float | None = None, num_steps: int | None = None,
+                            unet: str = "comp_text_unet") -> dict:
     """GenEval in the compositional world: per category, seen and held-out compositions, 4 images a prompt, at each
     guidance scale of GUIDANCE_SWEEP (or the one given); the diversity of 16 pictures of each open prompt ("a car")
     at each scale; and memorisation (pictures that copy a training scene), against a control of fresh renders."""
     check_options(num_steps=num_steps, guidance_scale=guidance_scale)
-    pipe = TextToImage.from_pretrained("compositional", device=device)
+    pipe = TextToImage.from_pretrained("compositional", unet=unet, device=device)
     scales = GUIDANCE_SWEEP if guidance_scale is None else (guidance_scale,)
     num_steps = pipe.defaults["num_steps"] if num_steps is None else num_steps
     report = {"sampling": f"DDIM, {num_steps} steps; the same start noise at every scale"}
@@ -274,3 +276,13 @@ def evaluate_comp_text_unet(*, device="cpu", guidance_scale: float | None = None
         f"samples {ge.copy_share(samples, training, threshold_db=threshold):.1%} of {len(samples)}; VAE round trips "
         f"of fresh renders (copies only by chance) {ge.copy_share(fresh, training, threshold_db=threshold):.1%}")
     return report
+
+
+def evaluate_comp_text_unet_joint(**options) -> dict:
+    """The same GenEval for the text UNet trained further together with its text encoder."""
+    return evaluate_comp_text_unet(**options, unet="comp_text_unet_joint")
+
+
+def evaluate_comp_text_unet_recaptioned(**options) -> dict:
+    """... and for its twin trained on a recaptioner's descriptive captions too."""
+    return evaluate_comp_text_unet(**options, unet="comp_text_unet_recaptioned")

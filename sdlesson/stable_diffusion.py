@@ -71,10 +71,11 @@ class StableDiffusion:
 
 
 def configs_side_by_side() -> list[tuple[str, str, str]]:
-    """(field, course value, SD value) rows for the UNet, VAE and text encoder configs."""
+    """(field, course value, SD value) rows for the UNet, VAE and text encoder configs: the course's are lesson 06's
+    text-to-image models (the compositional world's)."""
     rows = []
-    for part, ours, sd in (("unet", recipes.SCENE_TEXT_UNET, SD_UNET), ("vae", recipes.SCENE_VAE, SD_VAE),
-                           ("text", recipes.SCENE_CLIP, SD_TEXT_ENCODER)):
+    for part, ours, sd in (("unet", recipes.COMP_TEXT_UNET, SD_UNET), ("vae", recipes.COMP_VAE, SD_VAE),
+                           ("text", recipes.COMP_CLIP, SD_TEXT_ENCODER)):
         for field in dataclasses.fields(sd):
             if field.name == "mlp_width":  # both CLIP's 4 × width (256 and 3072): the width rows already say it
                 continue

@@ -224,3 +224,20 @@ def test_word_localisation_shares_and_chance(tiny_world_pipe, monkeypatch):
         assert share == pytest.approx(np.mean(by_hand), abs=1e-6)
         assert se == pytest.approx(np.std(by_hand, ddof=1) / np.sqrt(2), abs=1e-6)
         assert chance == pytest.approx(1 / 16)  # a 16×16 box is 1/16 of the picture
+
+
+def test_swap_pairs_are_true_and_their_twins_false():
+    """The truth holds of its scene and the twin does not, read by the reader from the render; relation and colour
+    twins reorder the truth's words, the control's twin names other kinds."""
+    images, _, scenes = cw.make_scenes(80, seed=1)
+    pairs = ge.swap_pairs(scenes)
+    assert all(len(p) >= 10 for p in pairs.values())
+    for name, rows in pairs.items():
+        for i, true, twin in rows:
+            reading = ge.read_image(images[i])
+            assert ge.score(ge.parse_prompt(true), reading) and not ge.score(ge.parse_prompt(twin), reading)
+            if name == "colour":  # the same words but for "a"/"an" ("an orange car" vs "a blue car")
+                content = [sorted(w for w in c.split() if w not in ("a", "an")) for c in (true, twin)]
+                assert content[0] == content[1] and true != twin
+            if name == "relation":
+                assert true.split()[:2] == twin.split()[:2] and true.split()[-2:] == twin.split()[-2:]

@@ -194,3 +194,19 @@ def test_generate_command_in_the_compositional_world(tmp_path, capsys):
     main(["generate", "a red car left of a blue star", "--world", "compositional", "-n", "2", "--num-steps", "10",
           "--zoom", "1", "--out", str(out)])
     assert Image.open(out).size == (2 * 64 + 3, 64 + 2) and "wrote" in capsys.readouterr().out
+
+
+def test_comp_clip_reads_words_not_their_order():
+    """Lesson 06's finding, which makes it train the text encoder with the UNet: the shipped CLIP tells a scene's
+    kinds from other kinds, but not which object a relation or a colour binds to (a bag of words, as real CLIP)."""
+    from sdlesson import compositional as cw
+    from sdlesson import geneval as ge
+    from sdlesson.latents import encode_images
+
+    images, _, scenes = cw.make_scenes(400, seed=recipes.COMP_TEST_SEED)
+    latents = encode_images(pretrained.load_pretrained("comp_vae"), images) * pretrained.latent_scale_of("comp_vae")
+    report = ge.swap_test(pretrained.load_pretrained("comp_clip"), latents, scenes)
+    assert report["kinds"][0] > 0.95
+    for name in ("relation", "colour"):
+        share, se, _ = report[name]
+        assert share < 0.5 + 3 * se + 0.05, (name, report[name])

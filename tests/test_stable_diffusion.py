@@ -111,7 +111,8 @@ def test_configs_side_by_side_name_both_models():
     assert rows["unet.block_channels"] == ("(64, 128, 128)", "(320, 640, 1280, 1280)")
     assert rows["text.width"] == ("64", "768")
     # SD fixes 8 heads, so its head size follows the width; it has no image tower
-    assert rows["unet.attention_heads"] == ("channels / 32 (4 heads)", "8 (head size 40/80/160)")
+    assert rows["unet.attention_heads"] == ("channels / 32 (2/4 heads)", "8 (head size 40/80/160)")
+    assert rows["unet.attention_levels"] == ("(True, True, True)", "(True, True, True, False)")
     assert rows["unet.attention_head_dim"][1] == "unused (8 heads)"
     assert rows["text.embed_dim"] == ("64", "— (no image tower)")
 
