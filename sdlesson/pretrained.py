@@ -36,10 +36,11 @@ def __dir__():
     return sorted(set(globals()) | set(_FROM_RECIPES))
 
 
+# data/NAME.safetensors, made by recipes.RECIPES
 CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet",
                "scene_clip", "scene_text_unet", "scene_vae_decoder", "scene_vae_decoder_mse",
                "comp_vae", "comp_clip", "comp_text_unet", "comp_text_unet_joint",
-               "comp_text_unet_recaptioned")  # data/NAME.safetensors, made by recipes.RECIPES
+               "comp_text_unet_recaptioned")
 
 
 def checkpoint_path(name: str) -> Path:

@@ -222,7 +222,8 @@ def evaluate_comp_vae(*, device="cpu", num: int = 1000) -> dict:
 
 @torch.no_grad()
 def evaluate_comp_clip(*, device="cpu", num: int = 1000) -> dict:
-    """Retrieval: for new scenes, is the most similar of the scenes' complete captions the scene's own?"""
+    """Retrieval: for new scenes, is the most similar of the scenes' complete captions the scene's own? And word
+    order: does CLIP prefer a scene's caption to its twin with the relation reversed or the colours swapped?"""
     clip = pre.load_pretrained("comp_clip", device=device)
     vae = pre.load_pretrained("comp_vae", device=device)
     report = {}
@@ -236,6 +237,12 @@ def evaluate_comp_clip(*, device="cpu", num: int = 1000) -> dict:
         hits = sum(captions[i] == s.caption for i, s in zip(best.tolist(), scenes))
         report[f"caption retrieval, {split}"] = (f"{hits / num:.1%} of {num} new scenes (top-1 of their "
                                                  f"{len(captions)} complete captions; chance {1 / len(captions):.1%})")
+        if split == "train":  # word order: the true caption against its twin (geneval.swap_pairs), chance 50%
+            swap = ge.swap_test(clip, latents, scenes)
+            report["true caption over its twin, train"] = ", ".join(
+                f"{name} {p:.1%} ± {se:.1%} ({n})" for name, (p, se, n) in
+                (("relation reversed", swap["relation"]), ("colours swapped", swap["colour"]),
+                 ("control: other kinds", swap["kinds"])))
     return report
 
 
