@@ -20,6 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from sdlesson import stable_diffusion as sdm
+from sdlesson.cost import device_name
 from sdlesson.unet import UNet
 
 
@@ -85,7 +86,7 @@ def main():
 
     err = (outs["sdlesson"].float() - outs["diffusers"].float()).abs().max().item()
     print(f"SD v1.5 UNet, one step: batch 2, {latent}×{latent} latents, {dtype}, {args.device} "
-          f"({torch.cuda.get_device_name() if cuda else f'{torch.get_num_threads()} threads'}), median of {repeats}")
+          f"({device_name(args.device)}), median of {repeats}")
     for name in steps:
         peak = f", peak activations {peaks[name]:.0f} MiB" if cuda else ""
         print(f"  {name:<10} {statistics.median(times[name]) * 1e3:9.1f} ms  (min {min(times[name]) * 1e3:.1f}){peak}")
