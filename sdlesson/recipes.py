@@ -109,7 +109,7 @@ COMP_TEXT_TRAIN = dataclasses.replace(SCENE_LATENT_TRAIN, steps=6000, ema_decay=
 COMP_TEXT_P_UNCOND = 0.1
 # Two further trainings of comp_text_unet, each with its text encoder trained too (started from comp_clip's text
 # tower), by the denoising loss alone: comp_clip picks a caption over its relation-swapped twin no better than
-# chance (lesson 06), so the frozen tower's tokens hardly say which object is left. A lower peak learning rate than
+# chance (lesson 06), so its caption vector hardly says which object is left. A lower peak learning rate than
 # from scratch, as both parts start trained. comp_text_unet_joint reads the alt-text captions; its twin
 # comp_text_unet_recaptioned (the same steps and seed) reads them and, for the same scenes, a recaptioner's
 # descriptive captions (compositional.recaption_at: every colour, a relation wherever one can be said) — DALL·E 3's
