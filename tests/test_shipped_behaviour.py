@@ -163,7 +163,7 @@ def test_evaluate_comp_clip():
     report = ev.evaluate_comp_clip(num=100)
     for split in ("train", "heldout"):
         assert percent(report[f"caption retrieval, {split}"]) >= 0.85  # card: 99.4% seen, 93.2% held-out
-    assert "relation reversed" in report["true caption over its twin, train"]
+    assert percent(report["true caption over its twin, train"], "control: other kinds") >= 0.95  # the instrument
 
 
 @pytest.fixture(scope="module")
