@@ -112,7 +112,8 @@ EVALUATE_OPTIONS = {
     "silhouette_unet": {"num_samples": "--num-samples", "num_steps": "--num-steps", "sampler": "--sampler"},
     "scene_latent_unet": {"num_samples": "--num-samples", "num_steps": "--num-steps", "sampler": "--sampler"},
     "scene_text_unet": {"guidance_scale": "--guidance", "num_steps": "--num-steps"},
-    **dict.fromkeys(("comp_text_unet", "comp_text_unet_joint", "comp_text_unet_recaptioned"),
+    **dict.fromkeys(("comp_text_unet", "comp_text_unet_joint", "comp_text_unet_recaptioned",
+                     "comp_text_unet_relations"),
                     {"guidance_scale": "--guidance", "num_steps": "--num-steps"}),
 }
 EVALUATE_FLAGS = {"--num-samples": "num_samples", "--num-steps": "num_steps", "--sampler": "sampler",

@@ -286,6 +286,26 @@ def recaption_at(index: int, *, seed: int = 0, split: str = "train") -> str:
     return random_caption(scene, rng, **DENSE)
 
 
+def relation_captions_at(index: int, *, seed: int = 0, split: str = "train", count: int = 3) -> list[str]:
+    """`count` captions of scene_at(index, ...) that each state a relation between two of its single objects (a random
+    pair in a random order, a random true relation, colours as often as alt text says them), or [] when the scene
+    holds fewer than two single objects. Each from its own generator, so caption_at and recaption_at stay as they
+    were."""
+    scene = scene_at(index, seed=seed, split=split)
+    singles = [kind for kind, n in scene.counts.items() if n == 1]
+    if len(singles) < 2:
+        return []
+    centre = {t.kind: t.centre for t in scene.objects}
+    captions = []
+    for j in range(check_int("count", count, low=0)):
+        rng = np.random.default_rng([seed, SPLITS.index(split), index, 2, j])
+        a, b = (singles[i] for i in rng.choice(len(singles), 2, replace=False))
+        true = [r for r in RELATIONS if relation_holds(centre[a], centre[b], r)]
+        relation = (a, true[int(rng.integers(len(true)))], b)
+        captions.append(describe(scene, kinds=[a, b], colour=bool(rng.random() < P_COLOUR), relation=relation))
+    return captions
+
+
 def noun_phrase(kind: str, count: int = 1, colour: str | None = None) -> str:
     """'a car', 'an orange apple', 'three blue stars'."""
     words = [c for c in (colour, PLURALS[kind] if count > 1 else kind) if c]

@@ -171,8 +171,8 @@ class TextToImage:
         is the fine-tuned one (lesson 04: same encoder and latents, higher SSIM on new scenes, see the model card).
         "compositional": 1–4 coloured objects whose captions leave things out (lesson 06), where guidance matters.
         unet= names another shipped noise predictor of the world (lesson 06 compares comp_text_unet, which reads
-        the frozen comp_clip, with comp_text_unet_joint and comp_text_unet_recaptioned, each trained together with
-        its own text encoder).
+        the frozen comp_clip, with comp_text_unet_joint, comp_text_unet_recaptioned and comp_text_unet_relations,
+        each trained together with its own text encoder).
         """
         if world not in WORLDS:
             raise ValueError(f"unknown world {world!r}; expected one of {', '.join(map(repr, WORLDS))}")

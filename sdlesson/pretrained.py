@@ -40,7 +40,7 @@ def __dir__():
 CHECKPOINTS = ("silhouette_unet", "silhouette_classifier", "scene_vae", "scene_judge", "scene_latent_unet",
                "scene_clip", "scene_text_unet", "scene_vae_decoder", "scene_vae_decoder_mse",
                "comp_vae", "comp_clip", "comp_text_unet", "comp_text_unet_joint",
-               "comp_text_unet_recaptioned")
+               "comp_text_unet_recaptioned", "comp_text_unet_relations")
 
 
 def checkpoint_path(name: str) -> Path:

@@ -293,3 +293,8 @@ def evaluate_comp_text_unet_joint(**options) -> dict:
 def evaluate_comp_text_unet_recaptioned(**options) -> dict:
     """... and for its twin trained on a recaptioner's descriptive captions too."""
     return evaluate_comp_text_unet(**options, unet="comp_text_unet_recaptioned")
+
+
+def evaluate_comp_text_unet_relations(**options) -> dict:
+    """... and for the third twin, which reads relation captions more than twice as often."""
+    return evaluate_comp_text_unet(**options, unet="comp_text_unet_relations")

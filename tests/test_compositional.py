@@ -136,6 +136,28 @@ def test_captions_are_true(split, train, heldout):
         assert background in (None, scene.background)
 
 
+def test_relation_captions_are_true_and_state_a_relation(train):
+    """compositional.relation_captions_at: for a scene with two single objects, `count` captions each stating a true
+    relation between two of them (checked by the rule written out again); none for the other scenes; and drawing
+    them leaves caption_at and recaption_at as they were (their own generators)."""
+    _, captions, scenes = train
+    before = [cw.recaption_at(i, seed=3) for i in range(100)]
+    with_relation = 0
+    for i, scene in enumerate(scenes[:100]):
+        said = cw.relation_captions_at(i, seed=3, count=3)  # the fixture's seed
+        singles = [k for k, n in scene.counts.items() if n == 1]
+        assert len(said) == (3 if len(singles) >= 2 else 0), (scene, said)
+        for caption in said:
+            claims, relation, _ = parse(caption)
+            a, rel, b = relation
+            assert set(claims) == {a, b} and scene.counts[a] == scene.counts[b] == 1, caption
+            assert holds(centres(scene)[a], rel, centres(scene)[b]), caption
+        with_relation += bool(said)
+    assert 10 < with_relation < 50  # ~24% of scenes hold two single objects
+    assert [cw.caption_at(i, seed=3) for i in range(100)] == captions[:100]
+    assert [cw.recaption_at(i, seed=3) for i in range(100)] == before
+
+
 def test_captions_leave_things_out(train):
     """Alt text, not a full description: a caption fits many scenes, and each kind of omission happens."""
     captions, scenes = train[1], train[2]
