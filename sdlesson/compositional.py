@@ -291,13 +291,14 @@ def relation_captions_at(index: int, *, seed: int = 0, split: str = "train", cou
     pair in a random order, a random true relation, colours as often as alt text says them), or [] when the scene
     holds fewer than two single objects. Each from its own generator, so caption_at and recaption_at stay as they
     were."""
+    count = check_int("count", count, low=0)
     scene = scene_at(index, seed=seed, split=split)
     singles = [kind for kind, n in scene.counts.items() if n == 1]
     if len(singles) < 2:
         return []
     centre = {t.kind: t.centre for t in scene.objects}
     captions = []
-    for j in range(check_int("count", count, low=0)):
+    for j in range(count):
         rng = np.random.default_rng([seed, SPLITS.index(split), index, 2, j])
         a, b = (singles[i] for i in rng.choice(len(singles), 2, replace=False))
         true = [r for r in RELATIONS if relation_holds(centre[a], centre[b], r)]

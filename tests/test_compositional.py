@@ -153,7 +153,7 @@ def test_relation_captions_are_true_and_state_a_relation(train):
             assert set(claims) == {a, b} and scene.counts[a] == scene.counts[b] == 1, caption
             assert holds(centres(scene)[a], rel, centres(scene)[b]), caption
         with_relation += bool(said)
-    assert 10 < with_relation < 50  # ~24% of scenes hold two single objects
+    assert 10 < with_relation < 50  # ~23% of scenes hold two single objects
     assert [cw.caption_at(i, seed=3) for i in range(100)] == captions[:100]
     assert [cw.recaption_at(i, seed=3) for i in range(100)] == before
 
@@ -188,6 +188,8 @@ def test_bad_input():
         cw.scene_at(0, split="test")
     with pytest.raises(ValueError, match="index"):
         cw.scene_at(-1)
+    with pytest.raises(ValueError, match="count"):
+        cw.relation_captions_at(1, count=-1)  # scene 1 has no two single objects: checked before it is drawn
     with pytest.raises(ValueError, match="unknown kind 'dog'"):
         cw.place("dog", "red", 0)
     with pytest.raises(ValueError, match="unknown colour 'pink'"):
